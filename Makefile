@@ -1,0 +1,26 @@
+# The README's two commands. Only python3 (>= 3.10) and make are needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := test,plot,ode,sklearn,scale
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m widenets.demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

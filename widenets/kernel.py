@@ -1,0 +1,229 @@
+"""`Kernel`: the covariances a layer's `kernel_fn` passes to the next layer.
+
+Layout (shared by every layer):
+
+* ``nngp``, ``ntk``: ``(N1, N2) + S`` where ``S`` is the spatial part:
+  ``(X, Y, ...)`` if ``diagonal_spatial`` else ``(X, X', Y, Y', ...)``
+  (spatial axes zipped pairwise). ``ntk`` may be a scalar ``0.`` right after the
+  inputs (it is broadcast on first use), or ``None`` when it is not computed.
+* ``cov1``/``cov2``: ``(N1,) + S`` if ``diagonal_batch`` else ``(N1, N1) + S``.
+  ``cov2 is None`` means ``x2 is x1``.
+* Channels never appear: they are the infinite axis.
+
+Internally (never in a `Kernel` handed to a user) the batch pairs of a
+symmetric ``x2=None`` computation may be *packed*: ``nngp`` then has one leading
+axis of the ``N1 * (N1 + 1) / 2`` upper-triangle pairs ``i <= j`` (see
+`widenets.stax.covariance`). ``packed`` records that.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "GET_FIELDS"]
+
+
+def field(pytree_node: bool = True, **kwargs):
+  """A dataclass field; ``pytree_node=False`` makes it static metadata."""
+  return dataclasses.field(metadata={"pytree_node": pytree_node}, **kwargs)
+
+
+def pytree_dataclass(cls):
+  """Frozen dataclass registered as a pytree (static fields are aux data)."""
+  cls = dataclasses.dataclass(frozen=True)(cls)
+  data, meta = [], []
+  for f in dataclasses.fields(cls):
+    (data if f.metadata.get("pytree_node", True) else meta).append(f.name)
+
+  def flatten(x):
+    return [getattr(x, n) for n in data], tuple(getattr(x, n) for n in meta)
+
+  def flatten_with_keys(x):
+    return ([(jax.tree_util.GetAttrKey(n), getattr(x, n)) for n in data],
+            tuple(getattr(x, n) for n in meta))
+
+  def unflatten(aux, children):
+    return cls(**dict(zip(meta, aux)), **dict(zip(data, children)))
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten,
+                                          flatten)
+  cls.replace = lambda self, **kw: dataclasses.replace(self, **kw)
+  cls.asdict = lambda self: {f.name: getattr(self, f.name)
+                             for f in dataclasses.fields(self)}
+  cls.astuple = lambda self: tuple(getattr(self, f.name)
+                                   for f in dataclasses.fields(self))
+  return cls
+
+
+@pytree_dataclass
+class Kernel:
+  """Covariances of a layer's outputs over two batches of inputs.
+
+  Attributes (as in neural-tangents):
+    nngp: ``(N1, N2) + S`` NNGP covariance of the layer's outputs.
+    ntk: NTK, same shape as ``nngp`` (or ``None`` when not computed).
+    cov1: covariance of the first batch with itself.
+    cov2: covariance of the second batch with itself (``None``: same as cov1).
+    x1_is_x2: whether the two batches are the same inputs.
+    is_gaussian: outputs are i.i.d. Gaussian over channels given the inputs
+      (true right after an affine layer); activations require it.
+    is_reversed: spatial axes are stored in reverse order (kept for
+      compatibility; widenets layers keep the natural order).
+    is_input: the kernel describes the raw inputs.
+    diagonal_batch: ``cov1``/``cov2`` hold only the sample diagonal.
+    diagonal_spatial: covariances hold only spatial diagonals.
+    shape1, shape2: shapes of the (finite) layer outputs for each batch.
+    batch_axis, channel_axis: axes of those outputs.
+    mask1, mask2: boolean masks (True = masked) broadcastable to shape1/2.
+    packed: internal; batch pairs packed as the upper triangle (see module).
+  """
+
+  nngp: Any
+  ntk: Any
+  cov1: Any
+  cov2: Any
+  x1_is_x2: Any
+  is_gaussian: bool = field(False)
+  is_reversed: bool = field(False)
+  is_input: bool = field(False)
+  diagonal_batch: bool = field(False)
+  diagonal_spatial: bool = field(False)
+  shape1: Optional[tuple] = field(False)
+  shape2: Optional[tuple] = field(False)
+  batch_axis: int = field(False)
+  channel_axis: int = field(False)
+  mask1: Any = None
+  mask2: Any = None
+  packed: bool = field(False, default=False)
+
+  replace = ...  # type: Callable[..., Kernel]
+  asdict = ...  # type: Callable[[], dict]
+  astuple = ...  # type: Callable[[], tuple]
+
+  # Scalar arithmetic: `a * k` is the kernel of `a * f(x)`, `k + c` that of
+  # `f(x) + c` for zero-mean `f` (as in neural-tangents).
+  def __mul__(self, other: float) -> "Kernel":
+    var = other**2
+    return self.replace(
+        nngp=var * self.nngp, cov1=var * self.cov1,
+        cov2=None if self.cov2 is None else var * self.cov2,
+        ntk=None if self.ntk is None else var * self.ntk)
+
+  __rmul__ = __mul__
+
+  def __add__(self, other: float) -> "Kernel":
+    var = other**2
+    return self.replace(
+        nngp=var + self.nngp, cov1=var + self.cov1,
+        cov2=None if self.cov2 is None else var + self.cov2)
+
+  __sub__ = __add__
+
+  def __truediv__(self, other: float) -> "Kernel":
+    return self.__mul__(1.0 / other)
+
+  def __neg__(self) -> "Kernel":
+    return self
+
+  __pos__ = __neg__
+
+  @property
+  def batch_ndim(self) -> int:
+    """Leading batch axes of ``nngp``: 2, or 1 when packed."""
+    return 1 if self.packed else 2
+
+  @property
+  def cov_batch_ndim(self) -> int:
+    """Leading batch axes of ``cov1``/``cov2``."""
+    return 1 if self.diagonal_batch else 2
+
+  def slice(self, n1_slice: slice, n2_slice: slice) -> "Kernel":
+    """The kernel of ``x1[n1_slice]`` vs ``x2[n2_slice]``."""
+    if self.packed:
+      raise ValueError("Kernel.slice: cannot slice a packed kernel.")
+    cov1 = self.cov1[n1_slice]
+    cov2 = self.cov1[n2_slice] if self.cov2 is None else self.cov2[n2_slice]
+    if not self.diagonal_batch:
+      cov1, cov2 = cov1[:, n1_slice], cov2[:, n2_slice]
+    ntk = self.ntk
+    if ntk is not None and jnp.ndim(ntk) > 0:
+      ntk = ntk[n1_slice, n2_slice]
+    return self.replace(
+        cov1=cov1, cov2=cov2, nngp=self.nngp[n1_slice, n2_slice], ntk=ntk,
+        shape1=(cov1.shape[0],) + tuple(self.shape1[1:]),
+        shape2=(cov2.shape[0],) + tuple(self.shape2[1:]),
+        mask1=None if self.mask1 is None else self.mask1[n1_slice],
+        mask2=None if self.mask2 is None else self.mask2[n2_slice])
+
+  def transpose(self, axes: Optional[Sequence[int]] = None) -> "Kernel":
+    """Permutes the spatial axes of all covariances (batch axes stay first)."""
+    n_spatial = len(self.shape1) - 2
+    axes = tuple(range(n_spatial))[::-1] if axes is None else tuple(axes)
+
+    def permute(mat, batch_ndim):
+      if mat is None or jnp.ndim(mat) == 0:
+        return mat
+      if self.diagonal_spatial:
+        perm = [batch_ndim + a for a in axes]
+      else:
+        perm = [batch_ndim + 2 * a + i for a in axes for i in (0, 1)]
+      return jnp.transpose(mat, tuple(range(batch_ndim)) + tuple(perm))
+
+    return self.replace(
+        cov1=permute(self.cov1, self.cov_batch_ndim),
+        cov2=permute(self.cov2, self.cov_batch_ndim),
+        nngp=permute(self.nngp, self.batch_ndim),
+        ntk=permute(self.ntk, self.batch_ndim))
+
+
+# The names `get` may ask for: every Kernel field.
+GET_FIELDS = tuple(f.name for f in dataclasses.fields(Kernel)
+                   if f.name != "packed")
+
+
+def _check_get(get) -> None:
+  names = (get,) if isinstance(get, str) else tuple(get)
+  for name in names:
+    if name not in GET_FIELDS:
+      raise ValueError(
+          f"Unknown `get` {name!r}: expected one of {', '.join(GET_FIELDS)} "
+          f"(or a tuple of them, or None for the whole Kernel).")
+
+
+@functools.lru_cache(maxsize=None)
+def _namedtuple(name: str, fields: tuple):
+  return collections.namedtuple(name, fields)
+
+
+def get_from(obj, get, name: str = "AnalyticKernel"):
+  """Picks ``get`` from a `Kernel` (or namedtuple/dict of arrays).
+
+  ``get`` is a field name (returns that value), a tuple of names (returns a
+  namedtuple ``name`` with those fields, in that order) or ``None`` (returns
+  ``obj`` itself).
+  """
+  if get is None:
+    return obj
+  _check_get(get)
+  pick = ((lambda n: obj[n]) if isinstance(obj, dict)
+          else (lambda n: getattr(obj, n)))
+  if isinstance(get, str):
+    return pick(get)
+  get = tuple(get)
+  return _namedtuple(name, get)(*[pick(n) for n in get])
+
+
+def check_get(get) -> Optional[tuple]:
+  """Validates ``get`` and returns it as a tuple of names (None stays None)."""
+  if get is None:
+    return None
+  if not isinstance(get, (str, tuple, list)):
+    raise TypeError(f"`get` must be a string, a tuple of strings or None; got "
+                    f"{type(get).__name__}.")
+  _check_get(get)
+  return (get,) if isinstance(get, str) else tuple(get)

@@ -1,0 +1,13 @@
+"""Layers: each returns an ``(init_fn, apply_fn, kernel_fn)`` triple.
+
+``kernel_fn(x1, x2=None, get=None, **kwargs)`` gives the exact infinite-width
+NNGP and NTK of the network that ``init_fn``/``apply_fn`` describe.
+"""
+from .activations import (ABRelu, Abs, Erf, LeakyRelu, Relu, Sigmoid_like,
+                          Sign)
+from .branching import FanInConcat, FanInProd, FanInSum, FanOut
+from .combinators import parallel, repeat, serial
+from .dense import Dense
+from .layer import KernelFn, Requirements, layer
+from .pooling import Flatten
+from .structural import Dropout, Identity

@@ -1,0 +1,94 @@
+"""The arc-cosine family: `ABRelu`, `Relu`, `LeakyRelu`, `Abs`, `Sign`.
+
+With ``theta`` the angle between the two pre-activations (``cos theta =
+cov / sqrt(var1 var2)``) and ``phi(x) = a min(x, 0) + b max(x, 0)``
+(Cho & Saul 2009; Tsuchida et al. 2018):
+
+  ``E[phi phi'] = (a - b)**2 / (2 pi) * (sqrt(var1 var2 - cov**2)
+  - theta cov) + (a**2 + b**2) / 2 * cov``,
+  ``E[phi' phi'] = (a**2 + b**2) / 2 - (a - b)**2 theta / (2 pi)``.
+
+``theta`` comes from ``arctan2`` (stable at theta ~ 0 and ~ pi, unlike
+``arccos``), and the square root has a finite derivative at 0, so kernels are
+differentiable in their inputs even at ``x = 0``.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ...kernel import Kernel
+from .. import covariance
+from ..layer import Requirements, layer
+from .base import elementwise_layer, require_gaussian, sine_and_angle
+
+
+def abrelu_rule(a: float, b: float):
+  slope = (a - b)**2 / (2 * jnp.pi)
+  mean_sq = (a**2 + b**2) / 2
+
+  def pair_rule(cov, var1, var2, ntk):
+    root, theta = sine_and_angle(cov, var1, var2)
+    dot = mean_sq - slope * theta
+    new = slope * root + dot * cov
+    return new, (None if ntk is None else ntk * dot)
+
+  return pair_rule
+
+
+@layer
+def ABRelu(a: float, b: float, do_stabilize: bool = False):
+  """``a * min(x, 0) + b * max(x, 0)``.
+
+  ``do_stabilize=True`` divides the covariances by their largest magnitude
+  before the rule and multiplies back after (the rule is 1-homogeneous), which
+  keeps very deep networks from overflowing in float32.
+  """
+  pair_rule = abrelu_rule(a, b)
+  name = f"ABRelu({a}, {b})"
+
+  def fn(x):
+    return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
+
+  def rule(k: Kernel, **kwargs) -> Kernel:
+    require_gaussian(name, k)
+    if do_stabilize:
+      factor = jnp.maximum(jnp.max(jnp.abs(k.nngp)), 1e-12)
+      k = k.replace(nngp=k.nngp / factor, cov1=k.cov1 / factor,
+                    cov2=None if k.cov2 is None else k.cov2 / factor)
+    k = covariance.map_pairwise(k, pair_rule)
+    if do_stabilize:
+      k = k.replace(nngp=k.nngp * factor, cov1=k.cov1 * factor,
+                    cov2=None if k.cov2 is None else k.cov2 * factor)
+    return k.replace(is_gaussian=False)
+
+  init_fn = lambda rng, input_shape: (input_shape, ())
+  apply_fn = lambda params, inputs, **kwargs: fn(inputs)
+  return init_fn, apply_fn, rule, Requirements()
+
+
+def Relu(do_stabilize: bool = False):
+  """``max(x, 0)``."""
+  return ABRelu(0, 1, do_stabilize)
+
+
+def LeakyRelu(alpha: float, do_stabilize: bool = False):
+  """``alpha * min(x, 0) + max(x, 0)``."""
+  return ABRelu(alpha, 1, do_stabilize)
+
+
+def Abs(do_stabilize: bool = False):
+  """``|x|``."""
+  return ABRelu(-1, 1, do_stabilize)
+
+
+def _sign_rule(cov, var1, var2, ntk):
+  # E[sign u sign v] = 1 - 2 theta / pi; the derivative (2 delta) contributes
+  # nothing to the NTK away from measure-zero events, as in neural-tangents.
+  _, theta = sine_and_angle(cov, var1, var2)
+  new = jnp.where((var1 == 0) | (var2 == 0), 0.0, 1 - 2 * theta / jnp.pi)
+  return new, (None if ntk is None else jnp.zeros_like(ntk))
+
+
+def Sign():
+  """``sign(x)``; its NTK contribution is zero."""
+  return elementwise_layer(jnp.sign, "Sign", _sign_rule)

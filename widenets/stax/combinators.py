@@ -1,0 +1,147 @@
+"""`serial`, `parallel`, `repeat`: networks from layers."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+
+from ..kernel import Kernel
+from .layer import KernelFn, Requirements
+
+
+def _split(layers, name):
+  if not layers:
+    raise ValueError(f"{name}: needs at least one layer.")
+  for i, l in enumerate(layers):
+    if not (isinstance(l, (tuple, list)) and len(l) == 3):
+      raise TypeError(f"{name}: argument {i} is not an (init_fn, apply_fn, "
+                      f"kernel_fn) triple; got {type(l).__name__}.")
+  return zip(*layers)
+
+
+def _reqs_of(kernel_fn) -> Requirements:
+  # Foreign kernel_fns (not ours) get conservative requirements.
+  return getattr(kernel_fn, "reqs", Requirements(diagonal_spatial_ok=False,
+                                                 packable=False,
+                                                 blocker=getattr(
+                                                     kernel_fn, "__name__",
+                                                     "?")))
+
+
+def _apply(kernel_fn, k, **kwargs):
+  if isinstance(kernel_fn, KernelFn):
+    return kernel_fn.apply(k, **kwargs)
+  return kernel_fn(k, **kwargs)
+
+
+def serial(*layers):
+  """Composes layers: ``serial(f, g)(x) = g(f(x))``.
+
+  Returns the triple of the composition; parameters are a tuple of the
+  layers' parameters.
+  """
+  init_fns, apply_fns, kernel_fns = _split(layers, "serial")
+
+  def init_fn(rng, input_shape):
+    params = []
+    for f in init_fns:
+      rng, key = jax.random.split(rng)
+      input_shape, p = f(key, input_shape)
+      params.append(p)
+    return input_shape, tuple(params)
+
+  def apply_fn(params, inputs, **kwargs):
+    rng = kwargs.pop("rng", None)
+    rngs = (jax.random.split(rng, len(apply_fns)) if rng is not None
+            else (None,) * len(apply_fns))
+    for f, p, r in zip(apply_fns, params, rngs):
+      inputs = f(p, inputs, rng=r, **kwargs)
+    return inputs
+
+  def rule(k, **kwargs):
+    for f in kernel_fns:
+      k = _apply(f, k, **kwargs)
+    return k
+
+  reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
+  names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
+  return init_fn, apply_fn, KernelFn(rule, reqs, f"serial({names})")
+
+
+def parallel(*layers):
+  """Applies layer ``i`` to input ``i`` of a list: ``[f(x), g(y)]``."""
+  init_fns, apply_fns, kernel_fns = _split(layers, "parallel")
+
+  def init_fn(rng, input_shape):
+    if len(input_shape) != len(init_fns):
+      raise ValueError(f"parallel: expected {len(init_fns)} inputs; got "
+                       f"{len(input_shape)} input shapes.")
+    keys = jax.random.split(rng, len(init_fns))
+    outs = [f(key, s) for f, key, s in zip(init_fns, keys, input_shape)]
+    return [o[0] for o in outs], tuple(o[1] for o in outs)
+
+  def apply_fn(params, inputs, **kwargs):
+    rng = kwargs.pop("rng", None)
+    rngs = (jax.random.split(rng, len(apply_fns)) if rng is not None
+            else (None,) * len(apply_fns))
+    return [f(p, x, rng=r, **kwargs)
+            for f, p, x, r in zip(apply_fns, params, inputs, rngs)]
+
+  def rule(ks, **kwargs):
+    if isinstance(ks, Kernel) or len(ks) != len(kernel_fns):
+      got = 1 if isinstance(ks, Kernel) else len(ks)
+      raise ValueError(f"parallel: expected {len(kernel_fns)} kernels (one "
+                       f"per branch; use FanOut first); got {got}.")
+    return [_apply(f, k, **kwargs) for f, k in zip(kernel_fns, ks)]
+
+  reqs = functools.reduce(lambda a, b: a.both(b), map(_reqs_of, kernel_fns))
+  names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
+  return init_fn, apply_fn, KernelFn(rule, reqs, f"parallel({names})")
+
+
+def repeat(layer, n: int):
+  """``serial(*[layer] * n)`` compiled as a loop (`jax.lax.scan`).
+
+  Compile time does not grow with ``n``. Parameters are the layer's
+  parameters stacked along a new leading axis of size ``n`` (as in
+  neural-tangents). The layer must keep its input shape and kernel metadata.
+  """
+  if n < 0:
+    raise ValueError(f"repeat: n must be >= 0; got {n}.")
+  init_fn, apply_fn, kernel_fn = layer
+
+  def init_fn_repeat(rng, input_shape):
+    out_shape, _ = init_fn(rng, input_shape)
+    if tuple(out_shape) != tuple(input_shape):
+      raise ValueError(
+          f"repeat: the layer maps input shape {tuple(input_shape)} to "
+          f"{tuple(out_shape)}; repeat needs a shape-preserving layer. Use "
+          f"serial(*[layer] * n) instead.")
+
+    def step(rng, _):
+      rng, key = jax.random.split(rng)
+      return rng, init_fn(key, input_shape)[1]
+
+    _, params = jax.lax.scan(step, rng, None, n)
+    return out_shape, params
+
+  def apply_fn_repeat(params, inputs, **kwargs):
+    def step(x, p):
+      return apply_fn(p, x, **kwargs), None
+
+    return jax.lax.scan(step, inputs, params, n)[0]
+
+  def rule(k, **kwargs):
+    if n == 0:
+      return k
+    k = _apply(kernel_fn, k, **kwargs)  # fixes the carried structure
+
+    def step(k, _):
+      return _apply(kernel_fn, k, **kwargs), None
+
+    return jax.lax.scan(step, k, None, n - 1)[0]
+
+  name = f"repeat({getattr(kernel_fn, '__name__', '?')}, {n})"
+  reqs = _reqs_of(kernel_fn)
+  return init_fn_repeat, apply_fn_repeat, KernelFn(rule, reqs, name)

@@ -1,0 +1,185 @@
+"""Covariance-layout helpers shared by every layer's kernel rule.
+
+A layer never indexes batch axes by hand: it asks these helpers for the
+variances that pair with each covariance entry, so the same rule runs on the
+usual ``(N1, N2) + S`` grid and on the packed upper triangle used for
+``x2=None`` (half the work).
+
+Spatial layout ``S``: ``(X, Y, ...)`` if ``diagonal_spatial`` else
+``(X, X', Y, Y', ...)``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..kernel import Kernel
+
+
+def n_spatial(k: Kernel) -> int:
+  """Number of spatial axes of the finite layer outputs."""
+  return len(k.shape1) - 2 if k.channel_axis is not None else 0
+
+
+def spatial_diagonal(cov, batch_ndim: int, diagonal_spatial: bool):
+  """Variances ``cov[b.., x, x, y, y, ...]`` -> ``(b..., X, Y, ...)``.
+
+  With ``batch_ndim == 2`` (a full batch covariance) the batch diagonal is
+  taken too, so the result always has one batch axis.
+  """
+  if batch_ndim == 2:
+    cov = jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)
+  if diagonal_spatial:
+    return cov
+  for _ in range((cov.ndim - 1) // 2):
+    # The diagonal of the first zipped pair goes to the back, so after all
+    # pairs the spatial axes are back in order.
+    cov = jnp.diagonal(cov, axis1=1, axis2=2)
+  return cov
+
+
+def _expand(d, n_space: int, position: Optional[int], diagonal_spatial: bool):
+  """Inserts singleton axes so spatial variances ``(..., X, Y)`` broadcast
+  against a zipped layout: ``position`` 0 -> ``(X, 1, Y, 1)``, 1 ->
+  ``(1, X, 1, Y)``."""
+  if diagonal_spatial or n_space == 0:
+    return d
+  lead = d.ndim - n_space
+  shape = list(d.shape[:lead])
+  for s in d.shape[lead:]:
+    shape += [s, 1] if position == 0 else [1, s]
+  return d.reshape(shape)
+
+
+def triu_indices(n: int):
+  """Row/column indices of the packed upper triangle ``i <= j``."""
+  i, j = np.triu_indices(n)
+  return jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
+
+
+def nngp_variances(k: Kernel):
+  """``(var1, var2)`` broadcastable against ``k.nngp``.
+
+  ``var1[i, j, x, x', ...] = cov1[i, x, x]`` and
+  ``var2[i, j, x, x', ...] = cov2[j, x', x']`` (and the packed analogue).
+  """
+  ns = n_spatial(k)
+  if k.cov2 is None:
+    # x2 is x1: read the variances off nngp's own diagonal, so entries
+    # (i, i) see exactly zero angle. cov1 holds the same numbers up to
+    # round-off from differently fused ops, which arc-cosine kernels would
+    # amplify to sqrt(eps).
+    d1 = spatial_diagonal(batch_diagonal(k), 1, k.diagonal_spatial)
+  else:
+    d1 = spatial_diagonal(k.cov1, k.cov_batch_ndim, k.diagonal_spatial)
+  d2 = d1 if k.cov2 is None else spatial_diagonal(
+      k.cov2, k.cov_batch_ndim, k.diagonal_spatial)
+  if k.packed:
+    i, j = triu_indices(d1.shape[0])
+    v1, v2 = d1[i], d2[j]
+  else:
+    v1, v2 = d1[:, None], d2[None, :]
+  return (_expand(v1, ns, 0, k.diagonal_spatial),
+          _expand(v2, ns, 1, k.diagonal_spatial))
+
+
+def packed_diagonal_positions(n: int):
+  """Positions of the pairs ``(i, i)`` in the packed upper triangle."""
+  i = np.arange(n)
+  return jnp.asarray(i * n - i * (i - 1) // 2, jnp.int32)
+
+
+def batch_diagonal(k: Kernel):
+  """``nngp[i, i]`` for every ``i`` (``k`` describes ``x2 = x1``)."""
+  if k.packed:
+    return k.nngp[packed_diagonal_positions(k.cov1.shape[0])]
+  return jnp.moveaxis(jnp.diagonal(k.nngp, axis1=0, axis2=1), -1, 0)
+
+
+def cov_variances(k: Kernel, cov):
+  """``(var_a, var_b)`` broadcastable against ``cov`` (``cov1`` or ``cov2``)."""
+  ns = n_spatial(k)
+  d = spatial_diagonal(cov, k.cov_batch_ndim, k.diagonal_spatial)
+  if not k.diagonal_batch:
+    d_a, d_b = d[:, None], d[None, :]
+  else:
+    d_a = d_b = d
+  return (_expand(d_a, ns, 0, k.diagonal_spatial),
+          _expand(d_b, ns, 1, k.diagonal_spatial))
+
+
+PairFn = Callable[..., tuple]
+
+
+def map_pairwise(k: Kernel, fn: PairFn) -> Kernel:
+  """Applies an elementwise rule to every covariance of ``k``.
+
+  ``fn(cov, var1, var2, ntk)`` returns ``(new_cov, new_ntk)``; ``ntk`` is
+  ``None`` for ``cov1``/``cov2`` and when the NTK is not computed. This is the
+  one place that pairs covariances with their variances, for every layout.
+  """
+  v1, v2 = nngp_variances(k)
+  ntk = k.ntk
+  if ntk is not None:
+    ntk = jnp.broadcast_to(ntk, k.nngp.shape)
+  nngp, ntk = fn(k.nngp, v1, v2, ntk)
+  a, b = cov_variances(k, k.cov1)
+  cov1, _ = fn(k.cov1, a, b, None)
+  cov2 = k.cov2
+  if cov2 is not None:
+    a, b = cov_variances(k, cov2)
+    cov2, _ = fn(cov2, a, b, None)
+  return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
+
+
+def map_all(k: Kernel, fn: Callable, ntk: bool = True) -> Kernel:
+  """Applies ``fn`` to ``nngp``, ``cov1``, ``cov2`` (and ``ntk`` if asked)."""
+  return k.replace(
+      nngp=fn(k.nngp), cov1=fn(k.cov1),
+      cov2=None if k.cov2 is None else fn(k.cov2),
+      ntk=fn(k.ntk) if ntk and k.ntk is not None and jnp.ndim(k.ntk) else k.ntk)
+
+
+def swap_spatial_pairs(mat, batch_ndim: int, diagonal_spatial: bool):
+  """``K[.., x, x', y, y']`` -> ``K[.., x', x, y', y]`` (the transposed pair)."""
+  if diagonal_spatial or mat.ndim == batch_ndim:
+    return mat
+  n = (mat.ndim - batch_ndim) // 2
+  perm = list(range(batch_ndim))
+  for a in range(n):
+    perm += [batch_ndim + 2 * a + 1, batch_ndim + 2 * a]
+  return jnp.transpose(mat, perm)
+
+
+def batch_diagonal_mask(k: Kernel):
+  """Boolean, broadcastable to ``nngp``: True where ``i == j``."""
+  extra = (1,) * (k.nngp.ndim - k.batch_ndim)
+  if k.packed:
+    i, j = triu_indices(k.cov1.shape[0])
+    return (i == j).reshape((-1,) + extra)
+  n1, n2 = k.nngp.shape[:2]
+  return jnp.eye(n1, n2, dtype=bool).reshape((n1, n2) + extra)
+
+
+def pack(k: Kernel) -> Kernel:
+  """Keeps only the upper-triangle batch pairs of a symmetric kernel."""
+  i, j = triu_indices(k.nngp.shape[0])
+  take = lambda m: m if m is None or jnp.ndim(m) == 0 else m[i, j]
+  return k.replace(nngp=take(k.nngp), ntk=take(k.ntk), packed=True)
+
+
+def unpack(k: Kernel) -> Kernel:
+  """Inverse of `pack`: mirrors ``K[j, i] = K[i, j]^T`` (spatial pairs swapped)."""
+  n = k.cov1.shape[0]
+  i, j = triu_indices(n)
+
+  def full(p):
+    if p is None or jnp.ndim(p) == 0:
+      return p
+    out = jnp.zeros((n, n) + p.shape[1:], p.dtype)
+    lower = swap_spatial_pairs(p, 1, k.diagonal_spatial)
+    return out.at[j, i].set(lower).at[i, j].set(p)
+
+  return k.replace(nngp=full(k.nngp), ntk=full(k.ntk), packed=False)

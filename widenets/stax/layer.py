@@ -1,0 +1,462 @@
+"""The layer protocol: ``(init_fn, apply_fn, kernel_fn)`` triples.
+
+A layer's kernel rule is a pure function ``Kernel -> Kernel`` (or a list of
+kernels for branching layers). `KernelFn` wraps it into the public
+``kernel_fn(x1, x2=None, get=None, **kwargs)`` / ``kernel_fn(kernel)``.
+
+Requirements algebra. Each layer states, in `Requirements`, what it can work
+with; `serial` and `parallel` compose them, and the network-level result picks
+the cheapest covariance layout that still gives exact outputs:
+
+* ``diagonal_spatial``: covariances keep only ``x == x'`` spatial entries. A
+  pointwise-in-space layer (Dense, Conv's diagonal part, activations) maps
+  diagonal to diagonal; a readout (``Flatten``) consumes only the diagonal; a
+  spatial-mixing layer (pooling, attention) needs all pairs. The network runs
+  diagonal iff a readout removes the spatial axes and every layer before it
+  accepts diagonals.
+* ``diagonal_batch``: ``cov1`` keeps only the sample diagonal (all layers here
+  accept it; a layer mixing samples would not).
+* ``packable``: output pair ``(i, j)`` depends only on input pair ``(i, j)``, so
+  ``x2=None`` can run on the ``i <= j`` pairs alone and be mirrored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..kernel import Kernel, check_get, get_from
+from . import covariance
+
+__all__ = ["Requirements", "KernelFn", "layer", "inputs_to_kernel",
+           "output_shape", "is_kernel_tree"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+  """What a layer (or a network) can compute with.
+
+  Attributes:
+    diagonal_spatial_ok: accepts spatially diagonal covariances.
+    readout: its outputs have no spatial axes left.
+    diagonal_batch_ok: accepts sample-diagonal ``cov1``/``cov2``.
+    packable: pairs ``(i, j)`` are independent (``x2=None`` at half cost).
+    blocker: name of the first layer that needs full spatial covariances.
+    batch_axis, channel_axis: the input layout the first layer needs.
+  """
+  diagonal_spatial_ok: bool = True
+  readout: bool = False
+  diagonal_batch_ok: bool = True
+  packable: bool = True
+  blocker: Optional[str] = None
+  batch_axis: Optional[int] = None
+  channel_axis: Optional[int] = None
+
+  def then(self, other: "Requirements") -> "Requirements":
+    """Requirements of ``other(self(x))``."""
+    spatial_ok = self.diagonal_spatial_ok and (
+        self.readout or other.diagonal_spatial_ok)
+    blocker = self.blocker if not self.diagonal_spatial_ok else (
+        None if self.readout else other.blocker)
+    return Requirements(
+        diagonal_spatial_ok=spatial_ok,
+        readout=self.readout or other.readout,
+        diagonal_batch_ok=self.diagonal_batch_ok and other.diagonal_batch_ok,
+        packable=self.packable and other.packable,
+        blocker=blocker,
+        batch_axis=self.batch_axis,
+        channel_axis=self.channel_axis)
+
+  def both(self, other: "Requirements") -> "Requirements":
+    """Requirements of two parallel branches."""
+    return Requirements(
+        diagonal_spatial_ok=self.diagonal_spatial_ok and
+        other.diagonal_spatial_ok,
+        readout=self.readout and other.readout,
+        diagonal_batch_ok=self.diagonal_batch_ok and other.diagonal_batch_ok,
+        packable=self.packable and other.packable,
+        blocker=self.blocker or other.blocker,
+        batch_axis=self.batch_axis if self.batch_axis is not None
+        else other.batch_axis,
+        channel_axis=self.channel_axis if self.channel_axis is not None
+        else other.channel_axis)
+
+  @property
+  def default_diagonal_spatial(self) -> bool:
+    return self.diagonal_spatial_ok and self.readout
+
+
+def is_kernel_tree(x) -> bool:
+  leaves = jax.tree_util.tree_leaves(
+      x, is_leaf=lambda l: isinstance(l, Kernel))
+  return bool(leaves) and all(isinstance(l, Kernel) for l in leaves)
+
+
+@functools.lru_cache(maxsize=4096)
+def _output_shape_cached(init_fn, in_shape):
+  captured = {}
+
+  def f(key):
+    out, params = init_fn(key, in_shape)
+    captured["shape"] = out
+    return params
+
+  jax.eval_shape(f, jax.random.PRNGKey(0))
+  return captured["shape"]
+
+
+def _freeze_shape(s):
+  if isinstance(s, (list, tuple)) and s and isinstance(s[0], (list, tuple)):
+    return tuple(_freeze_shape(x) for x in s)
+  return tuple(s)
+
+
+def output_shape(init_fn, in_shape):
+  """The output shape ``init_fn`` reports for ``in_shape``, without compute."""
+  return _output_shape_cached(init_fn, _freeze_shape(in_shape))
+
+
+# Keyword arguments that steer the whole computation rather than a layer.
+_CONTROL_KWARGS = ("diagonal_batch", "diagonal_spatial", "mask_constant",
+                   "batch_axis", "channel_axis")
+
+
+class KernelFn:
+  """Public ``kernel_fn`` of a layer or network.
+
+  ``kernel_fn(x1, x2=None, get=None, **kwargs)`` on inputs, or
+  ``kernel_fn(kernel, **kwargs)`` on a `Kernel` from a previous layer.
+
+  Args of the call:
+    x1: ``(N1, ...)`` inputs (batch axis first unless the first layer says
+      otherwise; at least a batch and a feature axis), or a `Kernel`.
+    x2: ``(N2, ...)`` inputs or ``None`` (meaning ``x2 = x1``; only the
+      ``i <= j`` pairs are computed).
+    get: ``'nngp'``, ``'ntk'``, any `Kernel` field, a tuple of them (returns a
+      namedtuple in that order) or ``None`` (the whole `Kernel`).
+    diagonal_batch, diagonal_spatial: override the covariance layout.
+    mask_constant: inputs equal to it are masked (variable-length inputs).
+    **kwargs: passed to every layer (e.g. ``pattern=(p1, p2)``, ``rng``).
+  """
+
+  def __init__(self, rule: Callable, reqs: Requirements, name: str,
+               init_fn: Optional[Callable] = None, set_shapes: bool = True):
+    self.rule = rule
+    self.reqs = reqs
+    self.name = name
+    self.__name__ = name
+    self._init_fn = init_fn
+    self._set_shapes = set_shapes and init_fn is not None
+    self._jitted = jax.jit(self._compute, static_argnums=(3,))
+
+  def __repr__(self) -> str:
+    return f"<kernel_fn of {self.name}>"
+
+  # -- Kernel -> Kernel ----------------------------------------------------
+  def apply(self, k, **kwargs):
+    """Runs the rule on a `Kernel` (or list of them) and sets output shapes."""
+    self._check_input(k)
+    out = self.rule(k, **kwargs)
+    if self._set_shapes:
+      out = self._with_shapes(k, out)
+    return out
+
+  def _check_input(self, k) -> None:
+    for kk in jax.tree_util.tree_leaves(
+        k, is_leaf=lambda l: isinstance(l, Kernel)):
+      if kk.diagonal_spatial and not self.reqs.diagonal_spatial_ok:
+        raise ValueError(
+            f"{self.name} needs covariances between all pairs of spatial "
+            f"positions, but got a kernel with diagonal_spatial=True "
+            f"(nngp shape {tuple(kk.nngp.shape)}). Call kernel_fn with "
+            f"diagonal_spatial=False.")
+      if kk.diagonal_batch and not self.reqs.diagonal_batch_ok:
+        raise ValueError(
+            f"{self.name} needs full sample-sample covariances; call "
+            f"kernel_fn with diagonal_batch=False.")
+
+  def _with_shapes(self, k_in, k_out):
+    if isinstance(k_in, Kernel):
+      s1, s2 = k_in.shape1, k_in.shape2
+    else:
+      s1 = [kk.shape1 for kk in k_in]
+      s2 = [kk.shape2 for kk in k_in]
+    o1 = output_shape(self._init_fn, s1)
+    o2 = output_shape(self._init_fn, s2)
+    if isinstance(k_out, Kernel):
+      return k_out.replace(shape1=tuple(o1), shape2=tuple(o2))
+    return [kk.replace(shape1=tuple(a), shape2=tuple(b))
+            for kk, a, b in zip(k_out, o1, o2)]
+
+  # -- public call -----------------------------------------------------------
+  def __call__(self, x1_or_kernel, x2=None, get=None, **kwargs):
+    get_t = check_get(get)
+    if is_kernel_tree(x1_or_kernel):
+      if x2 is not None:
+        raise ValueError(f"{self.name}: pass either a Kernel or inputs "
+                         f"(x1, x2), not a Kernel and x2.")
+      kw = {k: v for k, v in kwargs.items()
+            if k not in _CONTROL_KWARGS or v is not None}
+      return get_from(self.apply(x1_or_kernel, **kw), get)
+
+    x1 = x1_or_kernel
+    _validate_inputs(self.name, x1, x2)
+    diagonal_batch = kwargs.pop("diagonal_batch", None)
+    diagonal_spatial = kwargs.pop("diagonal_spatial", None)
+    mask_constant = kwargs.pop("mask_constant", None)
+    if diagonal_spatial and not self.reqs.diagonal_spatial_ok:
+      raise ValueError(
+          f"{self.name}: diagonal_spatial=True was asked for, but layer "
+          f"{self.reqs.blocker or '?'} needs covariances between all pairs "
+          f"of spatial positions. Use diagonal_spatial=False (the default).")
+    if diagonal_batch and not self.reqs.diagonal_batch_ok:
+      raise ValueError(f"{self.name}: diagonal_batch=True was asked for, but "
+                       f"the network needs full sample covariances.")
+    if diagonal_spatial is None:
+      diagonal_spatial = self.reqs.default_diagonal_spatial
+    if diagonal_batch is None:
+      diagonal_batch = self.reqs.diagonal_batch_ok
+
+    static, dynamic = {}, {}
+    for key, val in kwargs.items():
+      leaves = jax.tree_util.tree_leaves(val)
+      if leaves and all(isinstance(l, (jax.Array, np.ndarray)) for l in leaves):
+        dynamic[key] = val
+      else:
+        static[key] = val
+    packable = (x2 is None and self.reqs.packable and diagonal_batch and
+                mask_constant is None and not dynamic and
+                isinstance(x1, (jax.Array, np.ndarray)) and x1.shape[0] > 1)
+    config = dict(
+        get=get_t, diagonal_batch=bool(diagonal_batch),
+        diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
+        packable=bool(packable), static=tuple(sorted(static.items())))
+    out = self._jitted(x1, x2, dynamic, _Hashable(config))
+    return get_from(out, get)
+
+  def _compute(self, x1, x2, dynamic, config):
+    c = config.value
+    get = c["get"]
+    compute_ntk = get is None or "ntk" in get
+    reqs = self.reqs
+
+    def to_kernel(a, b):
+      return inputs_to_kernel(
+          a, b, diagonal_batch=c["diagonal_batch"],
+          diagonal_spatial=c["diagonal_spatial"], compute_ntk=compute_ntk,
+          batch_axis=0 if reqs.batch_axis is None else reqs.batch_axis,
+          channel_axis=-1 if reqs.channel_axis is None else reqs.channel_axis,
+          mask_constant=c["mask_constant"])
+
+    if x2 is None:
+      k = jax.tree_util.tree_map(lambda a: to_kernel(a, None), x1)
+    else:
+      k = jax.tree_util.tree_map(to_kernel, x1, x2)
+    if c["packable"]:
+      k = jax.tree_util.tree_map(covariance.pack, k,
+                                 is_leaf=lambda l: isinstance(l, Kernel))
+    out = self.apply(k, **dict(c["static"]), **dynamic)
+
+    def finish(kk):
+      if kk.packed:
+        kk = covariance.unpack(kk)
+      if kk.ntk is not None and jnp.ndim(kk.ntk) == 0:
+        kk = kk.replace(ntk=jnp.broadcast_to(kk.ntk, kk.nngp.shape))
+      if get is not None:
+        # Drop what was not asked for, so XLA does not compute it.
+        drop = {f: None for f in ("nngp", "ntk", "cov1", "cov2")
+                if f not in get}
+        kk = kk.replace(**drop)
+      return kk
+
+    return jax.tree_util.tree_map(finish, out,
+                                  is_leaf=lambda l: isinstance(l, Kernel))
+
+
+class _Hashable:
+  """Static jit argument wrapper for a dict of hashable config values."""
+
+  def __init__(self, value: dict):
+    self.value = value
+    self._key = tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Hashable) and self._key == other._key
+
+
+def _freeze(v):
+  if isinstance(v, dict):
+    return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+  if isinstance(v, (list, tuple)):
+    return tuple(_freeze(x) for x in v)
+  try:
+    hash(v)
+    return v
+  except TypeError:
+    return repr(v)
+
+
+def _validate_inputs(name: str, x1, x2) -> None:
+  l1 = jax.tree_util.tree_leaves(x1)
+  l2 = None if x2 is None else jax.tree_util.tree_leaves(x2)
+  if not l1:
+    raise ValueError(f"{name}: kernel_fn got no inputs.")
+  for i, a in enumerate(l1):
+    if not hasattr(a, "shape"):
+      raise TypeError(f"{name}: inputs must be arrays; got "
+                      f"{type(a).__name__}.")
+    if a.ndim < 2:
+      raise ValueError(
+          f"{name}: inputs must be at least 2-D (a batch axis and a feature "
+          f"axis); got shape {tuple(a.shape)}. For N scalar inputs use "
+          f"x.reshape(-1, 1); for one example use x[None].")
+    if l2 is not None:
+      b = l2[i]
+      if b.ndim != a.ndim or tuple(b.shape[1:]) != tuple(a.shape[1:]):
+        raise ValueError(
+            f"{name}: x1 and x2 must have the same shape apart from the batch "
+            f"axis; got x1 {tuple(a.shape)} and x2 {tuple(b.shape)}.")
+  for label, leaves in (("x1", l1), ("x2", l2 or [])):
+    for a in leaves:
+      try:
+        bad = bool(jnp.any(~jnp.isfinite(jnp.asarray(a))))
+      except jax.errors.ConcretizationTypeError:
+        return  # traced under an outer jit: nothing concrete to check
+      except TypeError:
+        continue
+      if bad:
+        raise ValueError(f"{name}: {label} of shape {tuple(a.shape)} contains "
+                         f"NaN or infinite values.")
+
+
+def _masked(x, mask_constant):
+  if mask_constant is None:
+    return x, None
+  if np.isnan(mask_constant):
+    mask = jnp.isnan(x)
+  else:
+    mask = x == mask_constant
+  return jnp.where(mask, 0, x), mask
+
+
+def inputs_to_kernel(x1, x2, *, diagonal_batch: bool, diagonal_spatial: bool,
+                     compute_ntk: bool, batch_axis: int = 0,
+                     channel_axis: Optional[int] = -1,
+                     mask_constant: Optional[float] = None) -> Kernel:
+  """The `Kernel` of raw inputs: ``nngp = x1 . x2 / n_channels``.
+
+  Covariances are taken over the channel axis; other non-batch axes are
+  spatial and kept pairwise (or only diagonally). ``channel_axis=None``
+  flattens all non-batch axes into channels.
+  """
+  dtype = jnp.result_type(float)
+  x1 = jnp.asarray(x1)
+  if not jnp.issubdtype(x1.dtype, jnp.floating):
+    x1 = x1.astype(dtype)
+  x2 = None if x2 is None else jnp.asarray(x2, x1.dtype)
+  if x2 is None:
+    x1_is_x2 = jnp.asarray(True)
+  elif x2.shape != x1.shape:
+    x1_is_x2 = jnp.asarray(False)
+  else:
+    x1_is_x2 = jnp.all(jnp.abs(x1 - x2) < 1e-12)
+  if channel_axis is None:
+    flat = lambda x: None if x is None else jnp.moveaxis(
+        x, batch_axis, 0).reshape(x.shape[batch_axis], -1)
+    x1, x2 = flat(x1), flat(x2)
+    batch_axis, channel_axis = 0, 1
+  ndim = x1.ndim
+  batch_axis %= ndim
+  channel_axis %= ndim
+  x1, mask1 = _masked(x1, mask_constant)
+  mask2 = None
+  if x2 is not None:
+    x2, mask2 = _masked(x2, mask_constant)
+
+  def canon(x):  # -> (N, spatial..., C)
+    return None if x is None else jnp.moveaxis(x, (batch_axis, channel_axis),
+                                               (0, -1))
+
+  a, b = canon(x1), canon(x2)
+  n_channels = a.shape[-1]
+  n_sp = a.ndim - 2
+
+  def cov(u, v, diag_batch):
+    letters = "abcdefghijklmnopqrstuvw"[:n_sp]
+    primed = "ABCDEFGHIJKLMNOPQRSTUVW"[:n_sp]
+    if diagonal_spatial:
+      out_sp = letters
+      v_sp = letters
+    else:
+      out_sp = "".join(x + y for x, y in zip(letters, primed))
+      v_sp = primed
+    if diag_batch:
+      spec = f"n{letters}z,n{v_sp}z->n{out_sp}"
+    else:
+      spec = f"n{letters}z,m{v_sp}z->nm{out_sp}"
+    return jnp.einsum(spec, u, v, precision=jax.lax.Precision.HIGHEST
+                      ) / n_channels
+
+  nngp = cov(a, a if b is None else b, False)
+  if b is None and diagonal_batch:
+    # The same numbers as nngp's diagonal, so that rules see exactly zero
+    # angle there (a separate reduction would differ by round-off, which the
+    # arc-cosine kernels amplify to sqrt(eps)).
+    cov1 = jnp.diagonal(nngp, axis1=0, axis2=1)
+    cov1 = jnp.moveaxis(cov1, -1, 0)
+  else:
+    cov1 = cov(a, a, diagonal_batch)
+  cov2 = None if b is None else cov(b, b, diagonal_batch)
+  ntk = jnp.zeros((), nngp.dtype) if compute_ntk else None
+  k = Kernel(
+      nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,
+      x1_is_x2=x1_is_x2,
+      is_gaussian=False, is_reversed=False, is_input=True,
+      diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial,
+      shape1=tuple(x1.shape), shape2=tuple((x1 if x2 is None else x2).shape),
+      batch_axis=batch_axis, channel_axis=channel_axis,
+      mask1=mask1, mask2=mask2 if x2 is not None else None)
+  if mask1 is not None:
+    from . import masking  # lazily: only masked inputs need it
+    k = masking.mask_kernel(k)
+  return k
+
+
+Rule = Callable[..., Any]
+
+
+def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
+  """Decorator for primitive layers.
+
+  ``fn(*args, **kwargs)`` returns ``(init_fn, apply_fn, rule, reqs)`` where
+  ``rule(kernel, **kwargs) -> kernel`` is the covariance rule; the decorated
+  function returns the public triple with a `KernelFn`.
+  """
+
+  @functools.wraps(fn)
+  def make(*args, **kwargs):
+    init_fn, apply_fn, rule, reqs = fn(*args, **kwargs)
+    name = _layer_name(fn.__name__, args, kwargs)
+    kernel_fn = KernelFn(rule, reqs, name, init_fn=init_fn)
+    for f in (init_fn, apply_fn):
+      try:
+        f.__name__ = name
+      except (AttributeError, TypeError):
+        pass
+    return init_fn, apply_fn, kernel_fn
+
+  return make
+
+
+def _layer_name(base: str, args, kwargs) -> str:
+  parts = [repr(a) for a in args if isinstance(a, (int, float, str, tuple))]
+  parts += [f"{k}={v!r}" for k, v in kwargs.items()
+            if isinstance(v, (int, float, str, tuple, bool))]
+  return f"{base}({', '.join(parts)})"
