@@ -11,9 +11,10 @@ Layout (shared by every layer):
 * Channels never appear: they are the infinite axis.
 
 Internally (never in a `Kernel` handed to a user) the batch pairs of a
-symmetric ``x2=None`` computation may be *packed*: ``nngp`` then has one leading
-axis of the ``N1 * (N1 + 1) / 2`` upper-triangle pairs ``i <= j`` (see
-`widenets.stax.covariance`). ``packed`` records that.
+symmetric ``x2=None`` computation may be *packed*: the samples are cut into
+``B`` blocks of ``b`` and ``nngp`` holds only the upper-triangle block pairs,
+shape ``(B (B + 1) / 2, b, b) + S`` (see `widenets.stax.covariance`).
+``packed`` records that; layers see it only through ``batch_ndim`` (3).
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class Kernel:
     shape1, shape2: shapes of the (finite) layer outputs for each batch.
     batch_axis, channel_axis: axes of those outputs.
     mask1, mask2: boolean masks (True = masked) broadcastable to shape1/2.
-    packed: internal; batch pairs packed as the upper triangle (see module).
+    packed: internal; batch pairs packed as upper-triangle blocks (see module).
   """
 
   nngp: Any
@@ -134,8 +135,8 @@ class Kernel:
 
   @property
   def batch_ndim(self) -> int:
-    """Leading batch axes of ``nngp``: 2, or 1 when packed."""
-    return 1 if self.packed else 2
+    """Leading batch axes of ``nngp``: 2, or 3 when packed."""
+    return 3 if self.packed else 2
 
   @property
   def cov_batch_ndim(self) -> int:
@@ -161,9 +162,13 @@ class Kernel:
         mask2=None if self.mask2 is None else self.mask2[n2_slice])
 
   def transpose(self, axes: Optional[Sequence[int]] = None) -> "Kernel":
-    """Permutes the spatial axes of all covariances (batch axes stay first)."""
+    """Permutes the spatial axes of all covariances (batch axes stay first).
+
+    ``axes`` permutes the spatial axes only; ``None`` keeps their order (as in
+    neural-tangents, unlike `numpy.transpose`).
+    """
     n_spatial = len(self.shape1) - 2
-    axes = tuple(range(n_spatial))[::-1] if axes is None else tuple(axes)
+    axes = tuple(range(n_spatial)) if axes is None else tuple(axes)
 
     def permute(mat, batch_ndim):
       if mat is None or jnp.ndim(mat) == 0:

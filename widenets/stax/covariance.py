@@ -53,10 +53,31 @@ def _expand(d, n_space: int, position: Optional[int], diagonal_spatial: bool):
   return d.reshape(shape)
 
 
-def triu_indices(n: int):
-  """Row/column indices of the packed upper triangle ``i <= j``."""
-  i, j = np.triu_indices(n)
-  return jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
+# -- packed layout: upper-triangle blocks ------------------------------------
+# x2=None kernels are symmetric, K[j, i] = K[i, j] with spatial pairs swapped.
+# Cutting the N samples into B blocks of b and keeping the B (B + 1) / 2 block
+# pairs (bi <= bj) halves the work as B grows, while the per-layer gathers touch
+# only O(N B) variances (whole blocks), not O(N**2) entries.
+
+MAX_BLOCKS = 32
+
+
+def block_layout(n: int) -> tuple:
+  """``(B, b)``: B blocks of b samples, ``B * b >= n`` (inputs are padded)."""
+  n_blocks = max(1, min(n, MAX_BLOCKS))
+  b = -(-n // n_blocks)
+  return -(-n // b), b
+
+
+def block_pairs(n_blocks: int):
+  """Block indices ``(bi, bj)`` of the upper triangle ``bi <= bj``."""
+  bi, bj = np.triu_indices(n_blocks)
+  return jnp.asarray(bi, jnp.int32), jnp.asarray(bj, jnp.int32)
+
+
+def _packed_geometry(k: Kernel):
+  b = k.nngp.shape[1]
+  return k.cov1.shape[0] // b, b
 
 
 def nngp_variances(k: Kernel):
@@ -77,25 +98,31 @@ def nngp_variances(k: Kernel):
   d2 = d1 if k.cov2 is None else spatial_diagonal(
       k.cov2, k.cov_batch_ndim, k.diagonal_spatial)
   if k.packed:
-    i, j = triu_indices(d1.shape[0])
-    v1, v2 = d1[i], d2[j]
+    n_blocks, b = _packed_geometry(k)
+    bi, bj = block_pairs(n_blocks)
+    blocks = d1.reshape((n_blocks, b) + d1.shape[1:])
+    v1 = blocks[bi][:, :, None]
+    v2 = blocks[bj][:, None, :]
   else:
     v1, v2 = d1[:, None], d2[None, :]
   return (_expand(v1, ns, 0, k.diagonal_spatial),
           _expand(v2, ns, 1, k.diagonal_spatial))
 
 
-def packed_diagonal_positions(n: int):
-  """Positions of the pairs ``(i, i)`` in the packed upper triangle."""
-  i = np.arange(n)
-  return jnp.asarray(i * n - i * (i - 1) // 2, jnp.int32)
-
-
 def batch_diagonal(k: Kernel):
   """``nngp[i, i]`` for every ``i`` (``k`` describes ``x2 = x1``)."""
   if k.packed:
-    return k.nngp[packed_diagonal_positions(k.cov1.shape[0])]
+    n_blocks, b = _packed_geometry(k)
+    diag_blocks = k.nngp[jnp.asarray(_diagonal_block_positions(n_blocks))]
+    d = jnp.moveaxis(jnp.diagonal(diag_blocks, axis1=1, axis2=2), -1, 1)
+    return d.reshape((n_blocks * b,) + d.shape[2:])
   return jnp.moveaxis(jnp.diagonal(k.nngp, axis1=0, axis2=1), -1, 0)
+
+
+def _diagonal_block_positions(n_blocks: int) -> np.ndarray:
+  """Positions of the block pairs ``(bi, bi)`` in the packed order."""
+  i = np.arange(n_blocks)
+  return i * n_blocks - i * (i - 1) // 2
 
 
 def cov_variances(k: Kernel, cov):
@@ -157,29 +184,49 @@ def batch_diagonal_mask(k: Kernel):
   """Boolean, broadcastable to ``nngp``: True where ``i == j``."""
   extra = (1,) * (k.nngp.ndim - k.batch_ndim)
   if k.packed:
-    i, j = triu_indices(k.cov1.shape[0])
-    return (i == j).reshape((-1,) + extra)
+    n_blocks, b = _packed_geometry(k)
+    bi, bj = block_pairs(n_blocks)
+    mask = (bi == bj)[:, None, None] & jnp.eye(b, dtype=bool)
+    return mask.reshape(mask.shape + extra)
   n1, n2 = k.nngp.shape[:2]
   return jnp.eye(n1, n2, dtype=bool).reshape((n1, n2) + extra)
 
 
 def pack(k: Kernel) -> Kernel:
-  """Keeps only the upper-triangle batch pairs of a symmetric kernel."""
-  i, j = triu_indices(k.nngp.shape[0])
-  take = lambda m: m if m is None or jnp.ndim(m) == 0 else m[i, j]
+  """Keeps only the upper-triangle block pairs of a symmetric kernel.
+
+  ``k.nngp`` must be ``(n, n) + S`` with ``n == B * b`` of `block_layout`.
+  """
+  n = k.nngp.shape[0]
+  n_blocks, b = block_layout(n)
+  if n_blocks * b != n:
+    raise ValueError(f"pack: {n} samples do not fill {n_blocks} blocks of "
+                     f"{b}; pad the inputs first.")
+  bi, bj = block_pairs(n_blocks)
+
+  def take(m):
+    if m is None or jnp.ndim(m) == 0:
+      return m
+    m = m.reshape((n_blocks, b, n_blocks, b) + m.shape[2:])
+    return jnp.moveaxis(m, 2, 1)[bi, bj]
+
   return k.replace(nngp=take(k.nngp), ntk=take(k.ntk), packed=True)
 
 
 def unpack(k: Kernel) -> Kernel:
-  """Inverse of `pack`: mirrors ``K[j, i] = K[i, j]^T`` (spatial pairs swapped)."""
-  n = k.cov1.shape[0]
-  i, j = triu_indices(n)
+  """Inverse of `pack`: mirrors ``K[j, i] = K[i, j]`` with spatial pairs
+  swapped."""
+  n_blocks, b = _packed_geometry(k)
+  bi, bj = block_pairs(n_blocks)
 
   def full(p):
     if p is None or jnp.ndim(p) == 0:
       return p
-    out = jnp.zeros((n, n) + p.shape[1:], p.dtype)
-    lower = swap_spatial_pairs(p, 1, k.diagonal_spatial)
-    return out.at[j, i].set(lower).at[i, j].set(p)
+    rest = p.shape[3:]
+    lower = jnp.swapaxes(swap_spatial_pairs(p, 3, k.diagonal_spatial), 1, 2)
+    out = jnp.zeros((n_blocks, n_blocks, b, b) + rest, p.dtype)
+    out = out.at[bj, bi].set(lower).at[bi, bj].set(p)
+    out = jnp.moveaxis(out, 1, 2)
+    return out.reshape((n_blocks * b, n_blocks * b) + rest)
 
   return k.replace(nngp=full(k.nngp), ntk=full(k.ntk), packed=False)

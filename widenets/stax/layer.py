@@ -230,6 +230,7 @@ class KernelFn:
         static[key] = val
     packable = (x2 is None and self.reqs.packable and diagonal_batch and
                 mask_constant is None and not dynamic and
+                self.reqs.batch_axis in (None, 0) and
                 isinstance(x1, (jax.Array, np.ndarray)) and x1.shape[0] > 1)
     config = dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
@@ -252,18 +253,29 @@ class KernelFn:
           channel_axis=-1 if reqs.channel_axis is None else reqs.channel_axis,
           mask_constant=c["mask_constant"])
 
+    n = x1.shape[0] if c["packable"] else None
+    if c["packable"]:
+      # Pad to whole blocks with copies of the first sample (not zeros, so no
+      # layer sees a degenerate zero variance); trimmed below.
+      n_blocks, b = covariance.block_layout(n)
+      x1 = jnp.concatenate([x1, jnp.repeat(x1[:1], n_blocks * b - n, 0)])
     if x2 is None:
       k = jax.tree_util.tree_map(lambda a: to_kernel(a, None), x1)
     else:
       k = jax.tree_util.tree_map(to_kernel, x1, x2)
     if c["packable"]:
-      k = jax.tree_util.tree_map(covariance.pack, k,
-                                 is_leaf=lambda l: isinstance(l, Kernel))
+      k = covariance.pack(k)
     out = self.apply(k, **dict(c["static"]), **dynamic)
 
     def finish(kk):
       if kk.packed:
         kk = covariance.unpack(kk)
+        shape = list(kk.shape1)
+        shape[kk.batch_axis] = n
+        kk = kk.replace(
+            nngp=kk.nngp[:n, :n], cov1=kk.cov1[:n],
+            ntk=kk.ntk if kk.ntk is None or jnp.ndim(kk.ntk) == 0
+            else kk.ntk[:n, :n], shape1=tuple(shape), shape2=tuple(shape))
       if kk.ntk is not None and jnp.ndim(kk.ntk) == 0:
         kk = kk.replace(ntk=jnp.broadcast_to(kk.ntk, kk.nngp.shape))
       if get is not None:

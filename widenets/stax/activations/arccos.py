@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ...kernel import Kernel
-from .. import covariance
-from ..layer import Requirements, layer
-from .base import elementwise_layer, require_gaussian, sine_and_angle
+from .base import elementwise_layer, homogeneous_rescale, sine_and_angle
 
 
 def abrelu_rule(a: float, b: float):
@@ -35,7 +32,6 @@ def abrelu_rule(a: float, b: float):
   return pair_rule
 
 
-@layer
 def ABRelu(a: float, b: float, do_stabilize: bool = False):
   """``a * min(x, 0) + b * max(x, 0)``.
 
@@ -43,27 +39,12 @@ def ABRelu(a: float, b: float, do_stabilize: bool = False):
   before the rule and multiplies back after (the rule is 1-homogeneous), which
   keeps very deep networks from overflowing in float32.
   """
-  pair_rule = abrelu_rule(a, b)
-  name = f"ABRelu({a}, {b})"
-
   def fn(x):
     return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
 
-  def rule(k: Kernel, **kwargs) -> Kernel:
-    require_gaussian(name, k)
-    if do_stabilize:
-      factor = jnp.maximum(jnp.max(jnp.abs(k.nngp)), 1e-12)
-      k = k.replace(nngp=k.nngp / factor, cov1=k.cov1 / factor,
-                    cov2=None if k.cov2 is None else k.cov2 / factor)
-    k = covariance.map_pairwise(k, pair_rule)
-    if do_stabilize:
-      k = k.replace(nngp=k.nngp * factor, cov1=k.cov1 * factor,
-                    cov2=None if k.cov2 is None else k.cov2 * factor)
-    return k.replace(is_gaussian=False)
-
-  init_fn = lambda rng, input_shape: (input_shape, ())
-  apply_fn = lambda params, inputs, **kwargs: fn(inputs)
-  return init_fn, apply_fn, rule, Requirements()
+  return elementwise_layer(
+      fn, f"ABRelu({a}, {b})", abrelu_rule(a, b),
+      prepare=homogeneous_rescale if do_stabilize else None)
 
 
 def Relu(do_stabilize: bool = False):

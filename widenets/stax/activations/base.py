@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ...kernel import Kernel
 from .. import covariance
-from ..layer import Requirements, layer
+from ..layer import KernelFn, Requirements
 
 # ``pair_rule(cov, var1, var2, ntk) -> (new_cov, new_ntk)``.
 PairRule = Callable
@@ -30,13 +30,32 @@ def require_gaussian(name: str, k: Kernel) -> None:
         f"(Dense, Conv, ...) before it.")
 
 
-@layer
+def check_callable(name: str, arg: str, value, optional: bool = False) -> None:
+  """A clear error for a non-callable function argument."""
+  if value is None and optional:
+    return
+  if not callable(value):
+    raise TypeError(
+        f"{name}: {arg} must be a callable (a function of arrays); got "
+        f"{type(value).__name__} {value!r}.")
+
+
 def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
                       prepare: Optional[Callable] = None):
   """Builds an activation layer from ``fn`` and its pairwise kernel rule.
 
-  ``prepare(k) -> (k, state)`` may rescale the kernel first and ``state`` is
-  passed back to ``pair_rule`` as keyword ``state`` (used for stabilization).
+  Args:
+    fn: the elementwise function for ``apply_fn`` (``None``: the layer has no
+      finite-width counterpart and ``apply_fn`` raises).
+    name: the layer name used in error messages.
+    pair_rule: ``(cov, var1, var2, ntk) -> (new_cov, new_ntk)``, applied by
+      `covariance.map_pairwise` to every covariance entry (``ntk`` is
+      ``None`` for ``cov1``/``cov2`` and when the NTK is not asked for).
+    prepare: optional ``k -> (k, finish)``, run before the rule; ``finish``
+      maps the output kernel back (used to rescale by a homogeneity factor).
+
+  Returns:
+    ``(init_fn, apply_fn, kernel_fn)``.
   """
   init_fn = lambda rng, input_shape: (input_shape, ())
 
@@ -47,11 +66,41 @@ def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
 
   def rule(k: Kernel, **kwargs) -> Kernel:
     require_gaussian(name, k)
+    finish = None
+    if prepare is not None:
+      k, finish = prepare(k)
     k = covariance.map_pairwise(k, pair_rule)
+    if finish is not None:
+      k = finish(k)
     return k.replace(is_gaussian=False)
 
-  apply_fn.__name__ = name
-  return init_fn, apply_fn, rule, Requirements()
+  for f in (init_fn, apply_fn):
+    f.__name__ = name
+  # Built by hand rather than with `@layer`, so that the layer's name in
+  # messages is ``name`` itself.
+  return init_fn, apply_fn, KernelFn(rule, Requirements(), name,
+                                     init_fn=init_fn)
+
+
+def homogeneous_rescale(k: Kernel):
+  """``prepare`` for a rule that is 1-homogeneous in the covariances:
+  divides them by their largest magnitude and multiplies back after, which
+  keeps very deep networks from overflowing in float32 (``do_stabilize``)."""
+  factor = jnp.maximum(jnp.max(jnp.abs(k.nngp)), 1e-12)
+  scale = lambda kk, c: kk.replace(
+      nngp=kk.nngp * c, cov1=kk.cov1 * c,
+      cov2=None if kk.cov2 is None else kk.cov2 * c)
+  return scale(k, 1 / factor), lambda kk: scale(kk, factor)
+
+
+def correlation(cov, var1, var2):
+  """``(rho, s)``: ``rho = cov / s`` clipped into ``[-1, 1]`` with ``s =
+  sqrt(var1 var2)``; ``rho = 0`` where a variance vanishes (then ``cov``
+  does too)."""
+  s = safe_sqrt(var1 * var2)
+  positive = s > 0
+  rho = jnp.where(positive, cov / jnp.where(positive, s, 1.0), 0.0)
+  return jnp.clip(rho, -1.0, 1.0), s
 
 
 # --- numerically safe primitives -------------------------------------------
