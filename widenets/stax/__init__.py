@@ -3,8 +3,10 @@
 ``kernel_fn(x1, x2=None, get=None, **kwargs)`` gives the exact infinite-width
 NNGP and NTK of the network that ``init_fn``/``apply_fn`` describe.
 """
-from .activations import (ABRelu, Abs, Erf, LeakyRelu, Relu, Sigmoid_like,
-                          Sign)
+from .activations import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical,
+                          Erf, Exp, ExpNormalized, Gabor, Gaussian, Gelu,
+                          Hermite, LeakyRelu, Monomial, Polynomial, Rbf,
+                          RectifiedMonomial, Relu, Sigmoid_like, Sign, Sin)
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .dense import Dense
