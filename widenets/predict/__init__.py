@@ -1,0 +1,20 @@
+"""Predictions from kernels: GP inference, gradient flow, ODE training, solvers.
+
+Names as neural-tangents 0.6.5's ``nt.predict``: `gradient_descent_mse`,
+`gradient_descent`, `gradient_descent_mse_ensemble`, `gp_inference`,
+`max_learning_rate`, `ODEState`, `Gaussian`. Additive: solver objects
+(`Cholesky`, `CG`), `KernelBlocks` for matrix-free kernels, `cg_solve`,
+`check_psd`, `odeint`. See docs/predict.md.
+"""
+from .cg import CG, CGInfo, KernelBlocks, cg_solve
+from .gp import Gaussian, gp_inference
+from .gradient_flow import gradient_descent_mse, gradient_descent_mse_ensemble
+from .ode import ODEState, gradient_descent, max_learning_rate
+from .odeint import odeint
+from .solvers import Cholesky, PSDReport, check_psd
+
+__all__ = ["gradient_descent_mse", "gradient_descent",
+           "gradient_descent_mse_ensemble", "gp_inference",
+           "max_learning_rate", "ODEState", "Gaussian", "Cholesky", "CG",
+           "CGInfo", "KernelBlocks", "cg_solve", "check_psd", "PSDReport",
+           "odeint"]

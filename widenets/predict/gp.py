@@ -1,0 +1,238 @@
+r"""GP inference with NNGP / NTK / NTKGP kernels (`gp_inference`).
+
+With train-train kernel :math:`K` (regularized: :math:`K + rI`), test-train
+:math:`K_{*}` and test-test :math:`K_{**}` and targets :math:`y`:
+
+* ``'nngp'`` -- exact posterior of an infinitely wide Bayesian network:
+  mean :math:`K_* K^{-1} y`, covariance :math:`K_{**} - K_* K^{-1} K_*^T`.
+* ``'ntk'`` -- the infinite ensemble of infinitely wide networks trained by
+  gradient flow on MSE to convergence (Lee et al. 2019, eq. 16): mean
+  :math:`\Theta_* \Theta^{-1} y`; covariance
+  :math:`K_{**} + \Theta_*\Theta^{-1} K \Theta^{-1}\Theta_*^T
+  - (\Theta_*\Theta^{-1} K_*^T + h.c.)` (NNGP :math:`K`, NTK :math:`\Theta`).
+* ``'ntkgp'`` -- a GP posterior with the NTK as prior covariance (He et al.
+  2020): the ``'nngp'`` formulas with :math:`\Theta` everywhere.
+
+`gp_inference` has two forms, told apart by the first argument:
+
+* ``gp_inference(k_train_train, y_train, diag_reg=0.,
+  diag_reg_absolute_scale=False, trace_axes=(-1,))`` (neural-tangents >= 0.3)
+  returns ``predict_fn(get=None, k_test_train=None, k_test_test=None)``.
+* ``gp_inference(kernel_fn, x_train, y_train, x_test, get, diag_reg=0.,
+  compute_cov=False)`` (neural-tangents 0.1/0.2, still in tutorials) computes
+  the kernels itself and returns the prediction directly: ``Gaussian(mean,
+  covariance)`` if ``compute_cov`` else the mean (a namedtuple of those for a
+  tuple ``get``). Its ``diag_reg`` is relative to the mean diagonal, as it was
+  then, and its ``'ntk'`` covariance is the gradient-descent (t = inf)
+  covariance above, as it was then; ``'ntkgp'`` is available too.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from . import solvers
+from ._common import (Axes, Layout, canonicalize_get, check_diag_reg,
+                      check_test_train, check_train, first_kernel, from_2d,
+                      get_kernel, is_array, kernel_dependencies, pack_get,
+                      to_2d)
+
+__all__ = ["Gaussian", "gp_inference"]
+
+
+class Gaussian(NamedTuple):
+  """A ``(mean, covariance)`` namedtuple.
+
+  mean: shaped like the outputs; covariance: shaped like the kernel.
+  """
+  mean: jax.Array
+  covariance: jax.Array
+
+
+class _Factors:
+  """Lazily computed, cached factorizations of the train-train kernels."""
+
+  def __init__(self, k_train_train, diag_reg, absolute, solver):
+    self.k = k_train_train
+    self.diag_reg, self.absolute = diag_reg, absolute
+    self.solver = solvers.make_solver(solver)
+    self._cache = {}
+
+  def matrix(self, g: str):
+    return to_2d(get_kernel(self.k, g, "k_train_train"))
+
+  def factor(self, g: str):
+    if g not in self._cache:
+      # Evaluate now even when called under `jit` of a concrete kernel, so
+      # the factor is computed once and reused by later (traced) calls.
+      with jax.ensure_compile_time_eval():
+        self._cache[g] = self.solver.factor(self.matrix(g), self.diag_reg,
+                                            self.absolute)
+    return self._cache[g]
+
+  def solve(self, g: str, b2d: jax.Array) -> jax.Array:
+    return self.factor(g).solve(b2d)
+
+
+def _gp_inference(
+    k_train_train,
+    y_train: jax.Array,
+    diag_reg: float = 0.,
+    diag_reg_absolute_scale: bool = False,
+    trace_axes: Axes = (-1,),
+    *,
+    solver: Any = None,
+) -> Callable:
+  y_train = jnp.asarray(y_train)
+  layout = Layout(y_train.shape, trace_axes)
+  check_diag_reg(diag_reg)
+  check_train(k_train_train, y_train, layout)
+  factors = _Factors(k_train_train, diag_reg, diag_reg_absolute_scale, solver)
+  y2 = layout.flatten(y_train)
+  k_inv_y = {}
+
+  def alpha(g):
+    if g not in k_inv_y:
+      with jax.ensure_compile_time_eval():
+        k_inv_y[g] = factors.solve(g, y2)
+    return k_inv_y[g]
+
+  def predict_fn(get=None, k_test_train=None, k_test_test=None):
+    """Posterior on the test set (``k_test_train=None``: the train set).
+
+    Args:
+      get: ``'nngp'``, ``'ntk'``, ``'ntkgp'``, a tuple of them, or ``None``
+        (``('nngp', 'ntk')``).
+      k_test_train: test-train kernel (array, Kernel or namedtuple with the
+        needed ``nngp``/``ntk``), or ``None`` for train-set predictions,
+        which are always ``N(y_train, 0)``.
+      k_test_test: test-test kernel (``nngp``; ``ntk`` for ``'ntkgp'``), to
+        get covariances; ``None``: means only. With ``k_test_train=None`` any
+        non-None value asks for the (zero) train-set covariance.
+
+    Returns:
+      For a single name the `Gaussian` (or mean), else a namedtuple
+      ``Gaussians`` of them in ``get`` order.
+    """
+    single, names = canonicalize_get(get)
+    out = {}
+    for g in names:
+      kind = "ntk" if g == "ntkgp" else g
+      k_dd = get_kernel(k_train_train, kind, "k_train_train")
+      if k_test_train is None:
+        mean = y_train.astype(k_dd.dtype)
+        out[g] = (mean if k_test_test is None else
+                  Gaussian(mean, jnp.zeros(k_dd.shape, k_dd.dtype)))
+        continue
+      test_shape = check_test_train(
+          get_kernel(k_test_train, kind, "k_test_train"), layout)
+      k_td = to_2d(get_kernel(k_test_train, kind, "k_test_train"))
+      mean = layout.unflatten(k_td @ alpha(kind), test_shape)
+      if k_test_test is None:
+        out[g] = mean
+        continue
+      out[g] = Gaussian(mean, _posterior_cov(
+          g, factors, k_train_train, k_test_train, k_test_test, k_td,
+          test_shape))
+    return pack_get(out, get, single)
+
+  return predict_fn
+
+
+def _posterior_cov(g, factors, k_train_train, k_test_train, k_test_test,
+                   k_td, test_shape):
+  """Posterior covariance on the test set, in the zipped kernel layout."""
+  if g == "ntk" and (is_array(k_train_train) or is_array(k_test_train)):
+    raise ValueError(
+        "The 'ntk' posterior covariance needs both NTK and NNGP kernels: "
+        "pass `k_train_train` and `k_test_train` as Kernels or namedtuples "
+        "with `nngp` and `ntk` (got arrays).")
+  init = "ntk" if g == "ntkgp" else "nngp"  # the prior (initialization) kernel
+  k_tt = to_2d(get_kernel(k_test_test, init, "k_test_test"))
+  kind = "ntk" if g == "ntkgp" else g
+  k_td_init = to_2d(get_kernel(k_test_train, init, "k_test_train"))
+  if g in ("nngp", "ntkgp"):
+    cov = k_tt - k_td @ factors.solve(kind, k_td_init.T)
+  else:
+    # Theta^{-1} Theta_*^T, then the three terms of Lee et al. (2019) eq. 16.
+    term_1 = factors.solve("ntk", k_td.T)
+    nngp_dd = factors.matrix("nngp")
+    cov = term_1.T @ (nngp_dd @ term_1)
+    term_2 = k_td @ factors.solve("ntk", k_td_init.T)
+    cov = cov - term_2 - term_2.T + k_tt
+  return from_2d(cov, test_shape, test_shape)
+
+
+def _gp_inference_kernel_fn(
+    kernel_fn: Callable,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    x_test: Optional[jax.Array] = None,
+    get=None,
+    diag_reg: float = 0.,
+    compute_cov: bool = False,
+    *,
+    diag_reg_absolute_scale: bool = False,
+    trace_axes: Axes = (-1,),
+    solver: Any = None,
+    **kernel_fn_kwargs,
+):
+  """The neural-tangents 0.1/0.2 form: kernels computed from ``kernel_fn``."""
+  x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+  if x_train.shape[0] != y_train.shape[0]:
+    raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "
+                     f"{x_train.shape}) but `y_train` has {y_train.shape[0]} "
+                     f"(shape {y_train.shape}).")
+  _, names = canonicalize_get(get)
+  deps = kernel_dependencies(names, compute_cov)
+  k_dd = kernel_fn(x_train, None, deps, **kernel_fn_kwargs)
+  k_td = k_tt = None
+  if x_test is None:
+    k_tt = True if compute_cov else None
+  else:
+    k_td = kernel_fn(x_test, x_train, deps, **kernel_fn_kwargs)
+    if compute_cov:
+      tt = (("nngp",) if ("nngp" in names or "ntk" in names) else ()) + \
+           (("ntk",) if "ntkgp" in names else ())
+      k_tt = kernel_fn(x_test, None, tt, **kernel_fn_kwargs)
+  predict_fn = _gp_inference(k_dd, y_train, diag_reg, diag_reg_absolute_scale,
+                             trace_axes, solver=solver)
+  return predict_fn(get, k_td, k_tt)
+
+
+def gp_inference(*args, **kwargs):
+  """Posterior of NNGP / NTK / NTKGP; see the module docstring for both forms.
+
+  Current form::
+
+    predict_fn = gp_inference(k_train_train, y_train, diag_reg=0.,
+                              diag_reg_absolute_scale=False,
+                              trace_axes=(-1,), *, solver=None)
+    predict_fn(get=None, k_test_train=None, k_test_test=None)
+
+  ``k_train_train`` is an array, a `Kernel` or a namedtuple holding the
+  ``nngp`` and/or ``ntk`` needed by later calls; ``y_train`` the targets;
+  ``diag_reg`` adds ``diag_reg * tr(K) / n`` (or ``diag_reg`` if
+  ``diag_reg_absolute_scale``) to the diagonal; ``trace_axes`` are the output
+  axes over which the kernel is ``K (x) I``. ``solver`` (additive):
+  ``'cholesky'`` (default, `solvers.Cholesky`), ``'cg'`` or a
+  `solvers.Cholesky` / `cg.CG` object. Factorizations are cached.
+
+  Old form (first argument a ``kernel_fn``)::
+
+    gp_inference(kernel_fn, x_train, y_train, x_test, get, diag_reg=0.,
+                 compute_cov=False) -> Gaussian(mean, cov) or mean
+  """
+  first = args[0] if args else kwargs.get(
+      "k_train_train", kwargs.get("kernel_fn"))
+  if callable(first) and not is_array(first) and not hasattr(first, "nngp"):
+    if "kernel_fn" not in kwargs and not args:
+      kwargs["kernel_fn"] = kwargs.pop("k_train_train")
+    return _gp_inference_kernel_fn(*args, **kwargs)
+  return _gp_inference(*args, **kwargs)
+
+
+gp_inference.__signature__ = inspect.signature(_gp_inference)

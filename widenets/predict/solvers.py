@@ -1,0 +1,316 @@
+"""Linear solves with kernels: robust Cholesky, eigendecomposition, PSD check.
+
+All predictors need ``(K + r I)^{-1} b`` (``t = inf``) or functions of ``K``
+in its eigenbasis (finite ``t``), where ``K`` is the flat ``(n, n)`` train-train
+kernel and ``r = diag_reg`` (times the mean diagonal ``tr(K) / n`` unless
+``diag_reg_absolute_scale``). Solver objects choose *how*:
+
+* `Cholesky` (default; neural-tangents' behaviour plus, additively):
+  ``dtype='float64'`` factorizes and solves in float64 even for float32
+  kernels and without ``jax_enable_x64``; ``on_failure`` decides what happens
+  when the factorization fails (a non-finite factor): ``'regularize'`` (the
+  default) raises the regularizer by factors of 10 and warns with the value
+  used, ``'raise'`` raises a ValueError, ``'nan'`` returns the NaNs as
+  neural-tangents did. ``check_psd=True`` also reports kernels that are not
+  positive semi-definite beyond round-off (see `check_psd`).
+* `widenets.predict.cg.CG`: preconditioned conjugate gradients for large
+  ``n``, matrix-free over kernel blocks (see that module).
+
+Everything is jit-friendly: inside `jax.jit` the escalation runs as a
+`lax.while_loop` and warnings / errors are emitted through
+`jax.debug.callback`.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import warnings
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._common import is_concrete, to_2d
+
+__all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
+           "regularizer", "precision", "make_solver"]
+
+
+def regularizer(a2d: jax.Array, diag_reg, absolute: bool) -> jax.Array:
+  """The absolute diagonal shift: ``diag_reg`` times 1 or ``tr(K) / n``."""
+  if absolute:
+    return jnp.asarray(diag_reg, a2d.dtype)
+  return diag_reg * jnp.trace(a2d) / a2d.shape[0]
+
+
+def _x64_available() -> bool:
+  return jax.dtypes.canonicalize_dtype(jnp.float64) == np.float64
+
+
+def precision(dtype) -> contextlib.AbstractContextManager:
+  """A context in which ``dtype`` (e.g. float64) is usable even without x64."""
+  if dtype is not None and np.dtype(dtype) == np.float64 and \
+      not _x64_available():
+    return jax.enable_x64(True)
+  return contextlib.nullcontext()
+
+
+def _compute_dtype(solver_dtype, kernel_dtype):
+  return np.dtype(kernel_dtype if solver_dtype is None else solver_dtype)
+
+
+@jax.jit
+def _cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
+  return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype))
+
+
+def _is_ok(chol: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(chol))
+
+
+def _reg_message(diag_reg, reg, scale, n, dtype) -> str:
+  return (f"Cholesky factorization of the ({n}, {n}) {np.dtype(dtype).name} "
+          f"train-train kernel failed at diag_reg={float(diag_reg):.3g}; "
+          f"used an absolute regularizer {float(reg):.3g} "
+          f"(= {float(reg / scale):.3g} x the mean diagonal "
+          f"{float(scale):.3g}). Pass this diag_reg, or "
+          f"solver=Cholesky(dtype='float64'), to silence this warning.")
+
+
+def _fail_message(diag_reg, n, dtype, tried) -> str:
+  return (f"Cholesky factorization of the ({n}, {n}) {np.dtype(dtype).name} "
+          f"train-train kernel failed at diag_reg={float(diag_reg):.3g}"
+          f"{tried}: the kernel is not positive definite to working "
+          f"precision. Increase diag_reg, solve in float64 "
+          f"(solver=Cholesky(dtype='float64')), or check the kernel with "
+          f"widenets.predict.check_psd.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cholesky:
+  """Dense Cholesky solves (the default solver).
+
+  Attributes:
+    dtype: compute dtype of the factorization and the solves (e.g.
+      ``'float64'``; usable without ``jax_enable_x64``). ``None``: the
+      kernel's dtype. Results are returned in the kernel's dtype.
+    on_failure: ``'regularize'`` (raise the regularizer x10 up to
+      ``max_tries`` times, warning with the value used), ``'raise'`` (a
+      ValueError) or ``'nan'`` (return NaNs, as neural-tangents 0.6.5).
+    max_tries: escalation steps for ``'regularize'``.
+    check_psd: also run `check_psd` on the kernel and warn when it is not PSD
+      beyond round-off (costs an eigendecomposition; eager only).
+  """
+
+  dtype: Any = None
+  on_failure: str = "regularize"
+  max_tries: int = 10
+  check_psd: bool = False
+
+  def __post_init__(self):
+    if self.on_failure not in ("regularize", "raise", "nan"):
+      raise ValueError(f"Cholesky(on_failure={self.on_failure!r}): expected "
+                       f"'regularize', 'raise' or 'nan'.")
+
+  def factor(self, k2d: jax.Array, diag_reg, absolute: bool) -> "Factor":
+    """Factorizes ``K + r I`` (``k2d`` is the flat ``(n, n)`` kernel)."""
+    if getattr(k2d, "matrix_free", False):
+      k2d = k2d.dense()
+    out_dtype = k2d.dtype
+    dtype = _compute_dtype(self.dtype, k2d.dtype)
+    with precision(dtype):
+      a = jnp.asarray(k2d, dtype)
+      n = a.shape[0]
+      if is_concrete(a):
+        if not bool(jnp.all(jnp.isfinite(a))):
+          raise ValueError(f"The ({n}, {n}) train-train kernel contains NaN "
+                           f"or inf entries; check the inputs and the "
+                           f"network (e.g. NaN inputs).")
+        if self.check_psd:
+          check_psd(a, name="k_train_train", warn=True)
+      scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(dtype).tiny
+      reg0 = regularizer(a, diag_reg, absolute).astype(dtype)
+      chol = _cholesky(a, reg0)
+      if self.on_failure == "nan":
+        return Factor(chol, dtype, out_dtype, reg0)
+      ok = _is_ok(chol)
+      if is_concrete(ok):
+        chol, reg = self._escalate_eager(a, chol, bool(ok), reg0, scale,
+                                         diag_reg)
+      else:
+        chol, reg = self._escalate_traced(a, chol, ok, reg0, scale, diag_reg)
+    return Factor(chol, dtype, out_dtype, reg)
+
+  def _steps(self, reg0, scale, dtype):
+    base = jnp.maximum(reg0, jnp.finfo(dtype).eps * scale)
+    return base, 10.
+
+  def _escalate_eager(self, a, chol, ok, reg0, scale, diag_reg):
+    n, dtype = a.shape[0], a.dtype
+    if ok:
+      return chol, reg0
+    if self.on_failure == "raise":
+      raise ValueError(_fail_message(diag_reg, n, dtype, ""))
+    base, factor = self._steps(reg0, scale, dtype)
+    reg = base
+    for _ in range(self.max_tries):
+      reg = reg * factor
+      chol = _cholesky(a, reg)
+      if bool(_is_ok(chol)):
+        warnings.warn(_reg_message(diag_reg, reg, scale, n, dtype),
+                      RuntimeWarning, stacklevel=4)
+        return chol, reg
+    raise ValueError(_fail_message(
+        diag_reg, n, dtype, f" and up to an absolute regularizer "
+        f"{float(reg):.3g} ({self.max_tries} escalations)"))
+
+  def _escalate_traced(self, a, chol, ok, reg0, scale, diag_reg):
+    n, dtype = a.shape[0], a.dtype
+    if self.on_failure == "raise":
+      def fail(ok):
+        if not ok:
+          raise ValueError(_fail_message(diag_reg, n, dtype, ""))
+      jax.debug.callback(fail, ok)
+      return chol, reg0
+    base, factor = self._steps(reg0, scale, dtype)
+
+    def cond(state):
+      i, _, _, ok = state
+      return jnp.logical_and(~ok, i < self.max_tries)
+
+    def body(state):
+      i, reg, _, _ = state
+      reg = jnp.where(i == 0, base, reg) * factor
+      c = _cholesky(a, reg)
+      return i + 1, reg, c, _is_ok(c)
+
+    i, reg, chol, ok = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), reg0, chol, ok))
+
+    def report(i, reg, scale, ok, diag_reg):
+      if not ok:
+        raise ValueError(_fail_message(diag_reg, n, dtype,
+                                       f" and after {int(i)} escalations"))
+      if i > 0:
+        warnings.warn(_reg_message(diag_reg, reg, scale, n, dtype),
+                      RuntimeWarning)
+    jax.debug.callback(report, i, reg, scale, ok, diag_reg)
+    return chol, reg
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+  """A Cholesky factor of ``K + r I``; ``solve(b)`` for ``b`` of shape (n, c)."""
+
+  chol: jax.Array
+  dtype: Any
+  out_dtype: Any
+  reg: jax.Array
+
+  def solve(self, b: jax.Array) -> jax.Array:
+    with precision(self.dtype):
+      x = jax.scipy.linalg.cho_solve((self.chol, True),
+                                     jnp.asarray(b, self.dtype))
+      return x.astype(self.out_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Eigen:
+  """Eigendecomposition ``K + r I = V diag(evals) V^T`` for finite-time flows.
+
+  ``apply(w, b)`` computes ``V diag(w_t) V^T b`` for weights ``w`` of shape
+  ``(T, n)`` and ``b`` of shape ``(n, c)``, returning ``(T, n, c)``; the
+  factorization is computed once and reused for every ``t``.
+  """
+
+  evals: jax.Array
+  evecs: jax.Array
+  dtype: Any
+  out_dtype: Any
+
+  @classmethod
+  def of(cls, k2d: jax.Array, diag_reg, absolute: bool,
+         dtype=None) -> "Eigen":
+    out_dtype = k2d.dtype
+    dtype = _compute_dtype(dtype, k2d.dtype)
+    with precision(dtype):
+      a = jnp.asarray(k2d, dtype)
+      if is_concrete(a) and not bool(jnp.all(jnp.isfinite(a))):
+        raise ValueError(f"The {a.shape} train-train kernel contains NaN or "
+                         f"inf entries; check the inputs and the network.")
+      a = a + regularizer(a, diag_reg, absolute) * jnp.eye(a.shape[0],
+                                                           dtype=dtype)
+      evals, evecs = jnp.linalg.eigh(a)
+    return cls(evals, evecs, dtype, out_dtype)
+
+  def context(self):
+    return precision(self.dtype)
+
+  def cast(self, x):
+    return None if x is None else jnp.asarray(x, self.dtype)
+
+
+def make_solver(solver) -> Any:
+  """``None``/``'cholesky'`` -> `Cholesky()`; ``'cg'`` -> `CG()`; objects pass."""
+  if solver is None or (isinstance(solver, str) and
+                        solver.lower() == "cholesky"):
+    return Cholesky()
+  if isinstance(solver, str) and solver.lower() == "cg":
+    from .cg import CG
+    return CG()
+  if isinstance(solver, str):
+    raise ValueError(f"Unknown solver {solver!r}: expected 'cholesky', 'cg', "
+                     f"or a Cholesky(...) / CG(...) object.")
+  if not hasattr(solver, "factor"):
+    raise TypeError(f"`solver` must be 'cholesky', 'cg' or an object with a "
+                    f"`factor` method; got {type(solver).__name__}.")
+  return solver
+
+
+PSDReport = collections.namedtuple(
+    "PSDReport", "is_psd min_eigenvalue max_eigenvalue roundoff asymmetry")
+PSDReport.__doc__ = """Result of `check_psd`.
+
+is_psd: whether the smallest eigenvalue is >= -roundoff.
+min_eigenvalue, max_eigenvalue: extreme eigenvalues of (K + K^T) / 2.
+roundoff: the tolerance used (``rtol * max |eigenvalue|``).
+asymmetry: ``||K - K^T||_F / ||K||_F``.
+"""
+
+
+def check_psd(kernel, rtol: Optional[float] = None, name: str = "kernel",
+              warn: bool = False, raise_error: bool = False) -> PSDReport:
+  """Says whether a kernel is positive semi-definite beyond round-off.
+
+  Args:
+    kernel: a square kernel, flat ``(n, n)`` or zipped ``(N, N, X, X, ...)``.
+    rtol: relative tolerance; default ``n * eps(dtype)``, the backward-error
+      scale of a symmetric eigensolver.
+    name: used in messages.
+    warn: issue a RuntimeWarning when not PSD.
+    raise_error: raise a ValueError when not PSD.
+
+  Returns:
+    A `PSDReport`. The message states by how much the kernel is not PSD.
+  """
+  a = to_2d(jnp.asarray(kernel))
+  n = a.shape[0]
+  rtol = n * float(jnp.finfo(a.dtype).eps) if rtol is None else rtol
+  sym = (a + a.T) / 2
+  evals = jnp.linalg.eigvalsh(sym)
+  lo, hi = float(evals[0]), float(evals[-1])
+  roundoff = rtol * max(abs(lo), abs(hi))
+  norm = float(jnp.linalg.norm(a))
+  asym = float(jnp.linalg.norm(a - a.T)) / norm if norm > 0 else 0.
+  report = PSDReport(lo >= -roundoff, lo, hi, roundoff, asym)
+  if not report.is_psd and (warn or raise_error):
+    msg = (f"{name} ({n}x{n}, {np.dtype(a.dtype).name}) is not positive "
+           f"semi-definite beyond round-off: smallest eigenvalue {lo:.3g} "
+           f"(= {lo / max(abs(hi), 1e-300):.3g} x the largest {hi:.3g}), "
+           f"round-off level {roundoff:.3g}; asymmetry {asym:.3g}.")
+    if raise_error:
+      raise ValueError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+  return report
