@@ -5,4 +5,5 @@ A drop-in successor of neural-tangents: ``import widenets as nt``.
 __version__ = "0.1.0"
 
 from . import stax
+from . import predict
 from .kernel import Kernel
