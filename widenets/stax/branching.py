@@ -10,6 +10,7 @@ import functools
 import warnings
 
 import jax.numpy as jnp
+import numpy as np
 
 from ..kernel import Kernel
 from .layer import Requirements, layer
@@ -52,6 +53,17 @@ def FanOut(num: int):
   return init_fn, apply_fn, rule, Requirements()
 
 
+def _check_same_shapes(name: str, inputs) -> None:
+  # apply_fn broadcasts as neural-tangents' does; only name the layer and the
+  # shapes when they cannot be combined at all.
+  shapes = [tuple(jnp.shape(x)) for x in inputs]
+  try:
+    np.broadcast_shapes(*shapes)
+  except ValueError:
+    raise ValueError(f"{name}: all inputs must have the same shape; got "
+                     f"{shapes}.") from None
+
+
 def _same_shape_init(name):
   def init_fn(rng, input_shape):
     shapes = [tuple(s) for s in input_shape]
@@ -71,6 +83,7 @@ def FanInSum():
   """
 
   def apply_fn(params, inputs, **kwargs):
+    _check_same_shapes("FanInSum", inputs)
     return functools.reduce(jnp.add, inputs)
 
   def rule(ks, **kwargs):
@@ -100,6 +113,7 @@ def FanInProd():
   """
 
   def apply_fn(params, inputs, **kwargs):
+    _check_same_shapes("FanInProd", inputs)
     return functools.reduce(jnp.multiply, inputs)
 
   def rule(ks, **kwargs):
