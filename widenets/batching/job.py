@@ -1,0 +1,211 @@
+"""`BlockJob`: a kernel function bound to its arguments, run one block at a time.
+
+Calling convention (as neural-tangents' ``batch``): the kernel function is
+``kernel_fn(x1, x2, *args, **kwargs)``.
+
+* positional ``args``: array pytrees (e.g. the ``params`` of an empirical
+  kernel, the ``key`` of a Monte Carlo sample) are passed whole to every block;
+  anything else (``get``) is static.
+* keyword ``kwargs``: ``rng=key`` is split into one key per row block and one
+  per column block and passed as ``rng=(key_i, key_j)``; a pair
+  ``name=(v1, v2)`` of arrays with a leading sample axis is sliced like ``x1``
+  and ``x2``; other arrays are passed whole; anything else is static.
+
+The job jits ``kernel_fn`` on one block (the jitted function is rebuilt after
+pickling, so a job can travel to Dask workers).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from . import blocks as B
+
+__all__ = ["BlockJob", "is_array_tree", "describe_fn", "fingerprint"]
+
+
+def is_array_tree(v) -> bool:
+  """Whether ``v`` is a non-empty pytree whose leaves are all arrays."""
+  if v is None:
+    return False
+  leaves = jax.tree_util.tree_leaves(v)
+  return bool(leaves) and all(isinstance(l, (np.ndarray, jax.Array))
+                              for l in leaves)
+
+
+def _is_pair(v) -> bool:
+  return (isinstance(v, tuple) and len(v) == 2 and not hasattr(v, "_fields")
+          and all(a is None or is_array_tree(a) for a in v)
+          and any(a is not None for a in v))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def describe_fn(fn) -> str:
+  """A description of a function stable across processes (no addresses)."""
+  name = getattr(fn, "name", None) or getattr(fn, "__qualname__", None) or \
+      getattr(fn, "__name__", None)
+  text = f"{type(fn).__module__}.{type(fn).__qualname__}:{name}:{fn!r}"
+  return _ADDRESS.sub("", text)
+
+
+def _static_repr(v) -> str:
+  return _ADDRESS.sub("", repr(v))
+
+
+def fingerprint(*trees) -> str:
+  """sha256 over the bytes, shapes and dtypes of every array leaf."""
+  h = hashlib.sha256()
+  for tree in trees:
+    for leaf in jax.tree_util.tree_leaves(tree):
+      a = np.ascontiguousarray(np.asarray(leaf))
+      h.update(f"{a.shape}{a.dtype.str};".encode())
+      h.update(memoryview(a).cast("B"))
+    h.update(b"|")
+  return h.hexdigest()
+
+
+class BlockJob:
+  """``kernel_fn`` with its non-input arguments sorted into static/dynamic."""
+
+  def __init__(self, kernel_fn, args: tuple = (), kwargs: Optional[dict] = None):
+    kwargs = dict(kwargs or {})
+    self.kernel_fn = kernel_fn
+    self.static_args: dict[int, Any] = {}
+    self.array_args: dict[int, Any] = {}
+    for i, a in enumerate(args):
+      (self.array_args if is_array_tree(a) else self.static_args)[i] = a
+    self.n_args = len(args)
+    self.static_kwargs: dict[str, Any] = {}
+    self.array_kwargs: dict[str, Any] = {}
+    self.pair_kwargs: dict[str, tuple] = {}
+    self.rng = None
+    for k, v in kwargs.items():
+      if k == "rng" and is_array_tree(v):
+        self.rng = v
+      elif _is_pair(v):
+        self.pair_kwargs[k] = v
+      elif is_array_tree(v):
+        self.array_kwargs[k] = v
+      else:
+        self.static_kwargs[k] = v
+    self._jitted: dict = {}
+
+  # Pickling (Dask): drop jitted functions, they are rebuilt on first use.
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_jitted"] = {}
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+
+  # -- metadata ----------------------------------------------------------------
+  def description(self) -> dict:
+    """The architecture and static arguments, for store metadata."""
+    return {
+        "kernel_fn": describe_fn(self.kernel_fn),
+        "static_args": {str(i): _static_repr(v)
+                        for i, v in sorted(self.static_args.items())},
+        "static_kwargs": {k: _static_repr(v)
+                          for k, v in sorted(self.static_kwargs.items())},
+        "array_args": sorted(self.array_args),
+        "array_kwargs": sorted(self.array_kwargs),
+        "pair_kwargs": sorted(self.pair_kwargs),
+        "rng": self.rng is not None,
+    }
+
+  def arrays_fingerprint(self) -> str:
+    """Hash of the array arguments (params, keys, pairs) of the call."""
+    return fingerprint([self.array_args[i] for i in sorted(self.array_args)],
+                       [self.array_kwargs[k] for k in sorted(self.array_kwargs)],
+                       [self.pair_kwargs[k] for k in sorted(self.pair_kwargs)],
+                       self.rng)
+
+  def with_get(self, get) -> "BlockJob":
+    """The same job asking for ``get`` instead (positional or keyword)."""
+    args = [None] * self.n_args
+    for i, v in {**self.static_args, **self.array_args}.items():
+      args[i] = v
+    kwargs = {**self.static_kwargs, **self.array_kwargs, **self.pair_kwargs}
+    if self.rng is not None:
+      kwargs["rng"] = self.rng
+    if "get" in kwargs or not args:
+      kwargs["get"] = get
+    else:
+      args[0] = get
+    return BlockJob(self.kernel_fn, tuple(args), kwargs)
+
+  def self_job(self, get, first: bool = True) -> "BlockJob":
+    """``with_get(get)`` for the kernel of ``x1`` (``first``) or ``x2`` with
+    itself: pair kwargs ``(v1, v2)`` become ``(v1, v1)`` or ``(v2, v2)``."""
+    job = self.with_get(get)
+    job.pair_kwargs = {k: (v[0], v[0]) if first else (v[1], v[1])
+                       for k, v in job.pair_kwargs.items()}
+    return job
+
+  @property
+  def get(self):
+    if "get" in self.static_kwargs:
+      return self.static_kwargs["get"]
+    return self.static_args.get(0)
+
+  # -- per-block values ------------------------------------------------------
+  def row_keys(self, grid: B.Grid):
+    """``(row_keys, col_keys)`` for ``rng``, or ``(None, None)``."""
+    if self.rng is None:
+      return None, None
+    k1, k2 = jax.random.split(self.rng)
+    return jax.random.split(k1, grid.nb1), jax.random.split(k2, grid.nb2)
+
+  def padded_pairs(self, grid: B.Grid):
+    """Pair kwargs padded like the inputs: ``({name: v1}, {name: v2})``."""
+    p1, p2 = {}, {}
+    for k, (v1, v2) in self.pair_kwargs.items():
+      if v2 is None and grid.symmetric:
+        v2 = v1
+      pad = lambda v, n: None if v is None else jax.tree_util.tree_map(
+          lambda a: B.pad_rows(np.asarray(a), n), v)
+      p1[k], p2[k] = pad(v1, grid.padded1), pad(v2, grid.padded2)
+    return p1, p2
+
+  # -- the jitted block function ------------------------------------------------
+  def fn(self, x2_is_none: bool):
+    """``f(x1b, x2b, array_args, array_kwargs, pair1, pair2, keys)`` jitted."""
+    if x2_is_none not in self._jitted:
+      static_args, static_kwargs = self.static_args, self.static_kwargs
+      n_args, kernel_fn = self.n_args, self.kernel_fn
+
+      def block(x1b, x2b, array_args, array_kwargs, pair1, pair2, keys):
+        args = [None] * n_args
+        for i, v in static_args.items():
+          args[i] = v
+        for i, v in array_args.items():
+          args[int(i)] = v
+        kw = dict(static_kwargs)
+        kw.update(array_kwargs)
+        for k in pair1:
+          kw[k] = (pair1[k], pair2[k])
+        if keys is not None:
+          kw["rng"] = keys
+        return kernel_fn(x1b, None if x2_is_none else x2b, *args, **kw)
+
+      self._jitted[x2_is_none] = jax.jit(block)
+    return self._jitted[x2_is_none]
+
+  def dynamic(self):
+    """``(array_args, array_kwargs)`` with string keys (jit-friendly)."""
+    return ({str(i): v for i, v in self.array_args.items()},
+            dict(self.array_kwargs))
+
+  def eval_shape(self, x1b, x2b, x2_is_none: bool, pair1=None, pair2=None,
+                 keys=None):
+    """Output structure of one block, without computing it."""
+    a, k = self.dynamic()
+    return jax.eval_shape(self.fn(x2_is_none), x1b, x2b, a, k, pair1 or {},
+                          pair2 or {}, keys)
