@@ -33,6 +33,8 @@ class RunStats:
     skipped: blocks found finished in the store.
     devices: number of devices used.
     seconds: wall time of the call.
+    computed_blocks: the ``(i, j)`` blocks computed, in order.
+    per_device: blocks dispatched to each device id.
   """
   grid: Optional[B.Grid] = None
   mirrored: bool = False
@@ -41,6 +43,7 @@ class RunStats:
   devices: int = 1
   seconds: float = 0.0
   computed_blocks: list = dataclasses.field(default_factory=list)
+  per_device: dict = dataclasses.field(default_factory=dict)
 
 
 def _check_batch_size(batch_size) -> None:
@@ -262,6 +265,7 @@ class BatchedKernelFn:
     try:
       for t, (i, j) in enumerate(tasks):
         dev = devices[t % len(devices)]
+        stats.per_device[dev.id] = stats.per_device.get(dev.id, 0) + 1
         xb1, xb2, p1, p2, keys = D.put(inputs(i, j), dev)
         fn = job.fn(symmetric and i == j)
         out = fn(xb1, xb2, *dyn[dev], p1, p2, keys)

@@ -124,7 +124,7 @@ class BlockStore:
         chunks = (grid.b2,) + shape[1:]
       else:
         chunks = shape
-      g.create_array(f"leaf_{k}", shape=shape, chunks=chunks or None,
+      g.create_array(f"leaf_{k}", shape=shape, chunks=chunks,
                      dtype=spec.dtype, fill_value=0, overwrite=True)
     g.create_array("done", shape=(grid.nb1, grid.nb2), chunks=(1, 1),
                    dtype="uint8", fill_value=0, overwrite=True)
