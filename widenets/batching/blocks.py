@@ -153,6 +153,11 @@ def _tuplify(v):
   return v
 
 
+# Namedtuple classes seen in outputs of this process (many are made on the
+# fly), so rebuilt outputs have the very same class.
+_CLASSES: dict = {}
+
+
 def _is_namedtuple(x) -> bool:
   return isinstance(x, tuple) and hasattr(x, "_fields")
 
@@ -177,7 +182,11 @@ def flatten_output(out) -> tuple[dict, list[tuple[str, Any, Optional[Kernel]]]]:
       static = {f: _jsonable(getattr(x, f)) for f in _KERNEL_STATIC}
       return {"type": "kernel", "fields": fields, "static": static}
     if _is_namedtuple(x):
+      _CLASSES[(type(x).__module__, type(x).__qualname__,
+                tuple(x._fields))] = type(x)
       return {"type": "namedtuple", "name": type(x).__name__,
+              "module": type(x).__module__,
+              "qualname": type(x).__qualname__,
               "fields": list(x._fields),
               "items": [walk(v, path + (f,)) for f, v in zip(x._fields, x)]}
     if isinstance(x, (tuple, list)):
@@ -200,8 +209,6 @@ def unflatten_output(desc: dict, leaves: list, fix_static=None):
   ``fix_static(static_dict) -> static_dict`` adjusts a `Kernel`'s static
   fields (its ``shape1``/``shape2`` batch sizes).
   """
-  from ..kernel import _namedtuple
-
   def build(d):
     t = d["type"]
     if t == "none":
@@ -215,7 +222,7 @@ def unflatten_output(desc: dict, leaves: list, fix_static=None):
       arrays = {f: build(v) for f, v in d["fields"].items()}
       return Kernel(**arrays, **static)
     if t == "namedtuple":
-      cls = _namedtuple(d["name"], tuple(d["fields"]))
+      cls = _namedtuple_class(d)
       return cls(*[build(v) for v in d["items"]])
     if t in ("tuple", "list"):
       items = [build(v) for v in d["items"]]
@@ -225,6 +232,25 @@ def unflatten_output(desc: dict, leaves: list, fix_static=None):
     raise ValueError(f"Unknown output description {t!r}.")
 
   return build(desc)
+
+
+def _namedtuple_class(d: dict):
+  """The original namedtuple class if importable (same fields), else an
+  equivalent one."""
+  import importlib
+  from ..kernel import _namedtuple
+  seen = _CLASSES.get((d["module"], d["qualname"], tuple(d["fields"])))
+  if seen is not None:
+    return seen
+  try:
+    obj = importlib.import_module(d["module"])
+    for part in d["qualname"].split("."):
+      obj = getattr(obj, part)
+    if tuple(getattr(obj, "_fields", ())) == tuple(d["fields"]):
+      return obj
+  except Exception:  # a local or dynamically made class
+    pass
+  return _namedtuple(d["name"], tuple(d["fields"]))
 
 
 def kernel_fields(desc: dict) -> Iterator[dict]:

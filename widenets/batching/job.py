@@ -95,6 +95,9 @@ class BlockJob:
       else:
         self.static_kwargs[k] = v
     self._jitted: dict = {}
+    # Set when kernel_fn cannot be traced (it compiles ahead of time or runs
+    # host code): blocks are then called eagerly, one by one.
+    self.eager = False
 
   # Pickling (Dask): drop jitted functions, they are rebuilt on first use.
   def __getstate__(self):
@@ -195,17 +198,25 @@ class BlockJob:
           kw["rng"] = keys
         return kernel_fn(x1b, None if x2_is_none else x2b, *args, **kw)
 
-      self._jitted[x2_is_none] = jax.jit(block)
-    return self._jitted[x2_is_none]
+      self._jitted[x2_is_none] = (block, jax.jit(block))
+    plain, jitted = self._jitted[x2_is_none]
+    return plain if self.eager else jitted
 
   def dynamic(self):
     """``(array_args, array_kwargs)`` with string keys (jit-friendly)."""
     return ({str(i): v for i, v in self.array_args.items()},
             dict(self.array_kwargs))
 
-  def eval_shape(self, x1b, x2b, x2_is_none: bool, pair1=None, pair2=None,
-                 keys=None):
-    """Output structure of one block, without computing it."""
-    a, k = self.dynamic()
-    return jax.eval_shape(self.fn(x2_is_none), x1b, x2b, a, k, pair1 or {},
-                          pair2 or {}, keys)
+  def structure(self, x2_is_none: bool, *args):
+    """Output of one block as shapes (``jax.eval_shape``), without computing
+    it; for a kernel function that cannot be traced, switches the job to
+    eager calls and returns one real block."""
+    try:
+      return jax.eval_shape(self.fn(x2_is_none), *args)
+    except Exception as traced_error:  # noqa: BLE001 - retried eagerly below
+      self.eager = True
+      try:
+        return self.fn(x2_is_none)(*args)
+      except Exception:
+        self.eager = False
+        raise traced_error

@@ -46,6 +46,11 @@ class RunStats:
   per_device: dict = dataclasses.field(default_factory=dict)
 
 
+# batch_size='auto' for kernel functions that cannot be traced (their memory
+# cannot be analysed ahead of time).
+_UNTRACEABLE_AUTO = 256
+
+
 def _check_batch_size(batch_size) -> None:
   if isinstance(batch_size, str) and batch_size == "auto":
     return
@@ -148,7 +153,10 @@ class BatchedKernelFn:
       g = old_meta["grid"]
       return g["b1"], g["b2"]
     if bs == "auto":
-      b = self._auto_size(job, x1, x2, max(n1, n2), devices[0])
+      try:
+        b = self._auto_size(job, x1, x2, max(n1, n2), devices[0])
+      except Exception:  # noqa: BLE001 - kernel_fn cannot be traced
+        b = _UNTRACEABLE_AUTO
       return min(b, n1), min(b, n2)
     if bs == 0:
       if len(devices) == 1:
@@ -218,8 +226,8 @@ class BatchedKernelFn:
     # Output structure from one block, without computing it.
     xb1, _, p1, p2, keys = inputs(0, 0)
     dyn_args, dyn_kwargs = job.dynamic()
-    shape_out = jax.eval_shape(
-        job.fn(symmetric), xb1, None if symmetric else inputs(0, 0)[1],
+    shape_out = job.structure(
+        symmetric, xb1, None if symmetric else inputs(0, 0)[1],
         dyn_args, dyn_kwargs, p1, p2, keys)
     desc, leaves = B.flatten_output(shape_out)
     specs = _leaf_specs(job, leaves, grid, x1p, pair1, keys)

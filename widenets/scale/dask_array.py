@@ -118,8 +118,8 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
   take = lambda t, s: jax.tree_util.tree_map(lambda a: np.asarray(a[s]), t)
 
   dyn_args, dyn_kwargs = job.dynamic()
-  shape_out = jax.eval_shape(
-      job.fn(symmetric), take(x1p, slice(0, b1)),
+  shape_out = job.structure(
+      symmetric, take(x1p, slice(0, b1)),
       None if symmetric else take(x2p, slice(0, b2)), dyn_args, dyn_kwargs,
       take(pair1, slice(0, b1)), take(pair2, slice(0, b2)),
       None if keys1 is None else (keys1[0], keys2[0]))
