@@ -71,12 +71,15 @@ def _is_ok(chol: jax.Array) -> jax.Array:
 
 
 def _reg_message(diag_reg, reg, scale, n, dtype) -> str:
+  hint = "" if np.dtype(dtype) == np.float64 else \
+      ", or solve in float64 with solver=Cholesky(dtype='float64')"
   return (f"Cholesky factorization of the ({n}, {n}) {np.dtype(dtype).name} "
           f"train-train kernel failed at diag_reg={float(diag_reg):.3g}; "
-          f"used an absolute regularizer {float(reg):.3g} "
-          f"(= {float(reg / scale):.3g} x the mean diagonal "
-          f"{float(scale):.3g}). Pass this diag_reg, or "
-          f"solver=Cholesky(dtype='float64'), to silence this warning.")
+          f"used an absolute regularizer {float(reg):.3g} instead "
+          f"(= diag_reg {float(reg / scale):.3g} relative to the mean "
+          f"diagonal {float(scale):.3g}). Pass diag_reg={float(reg / scale):.3g}"
+          f" (or {float(reg):.3g} with diag_reg_absolute_scale=True){hint} to "
+          f"avoid this warning.")
 
 
 def _fail_message(diag_reg, n, dtype, tried) -> str:
