@@ -16,6 +16,7 @@ pickling, so a job can travel to Dask workers).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import re
 from typing import Any, Optional
@@ -41,6 +42,22 @@ def _is_pair(v) -> bool:
   return (isinstance(v, tuple) and len(v) == 2 and not hasattr(v, "_fields")
           and all(a is None or is_array_tree(a) for a in v)
           and any(a is not None for a in v))
+
+
+# Jitted block functions by (kernel_fn, static arguments, ...), oldest first.
+_FN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+
+
+def _freeze(v):
+  if isinstance(v, dict):
+    return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+  if isinstance(v, (list, tuple)):
+    return tuple(_freeze(x) for x in v)
+  try:
+    hash(v)
+    return v
+  except TypeError:
+    return repr(v)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -178,8 +195,29 @@ class BlockJob:
     return p1, p2
 
   # -- the jitted block function ------------------------------------------------
+  def _cache_key(self, x2_is_none: bool):
+    return (self.kernel_fn, self.n_args, x2_is_none,
+            _freeze(sorted(self.static_args.items())),
+            _freeze(sorted(self.static_kwargs.items())),
+            tuple(sorted(self.array_args)), tuple(sorted(self.array_kwargs)),
+            tuple(sorted(self.pair_kwargs)), self.rng is not None)
+
   def fn(self, x2_is_none: bool):
-    """``f(x1b, x2b, array_args, array_kwargs, pair1, pair2, keys)`` jitted."""
+    """``f(x1b, x2b, array_args, array_kwargs, pair1, pair2, keys)`` jitted.
+
+    Jitted functions are shared by jobs with the same kernel function and
+    static arguments, so calling a batched function again does not
+    recompile.
+    """
+    if x2_is_none not in self._jitted:
+      try:
+        key = self._cache_key(x2_is_none)
+        hash(key)
+      except TypeError:
+        key = None
+      if key is not None and key in _FN_CACHE:
+        self._jitted[x2_is_none] = _FN_CACHE[key]
+        _FN_CACHE.move_to_end(key)
     if x2_is_none not in self._jitted:
       static_args, static_kwargs = self.static_args, self.static_kwargs
       n_args, kernel_fn = self.n_args, self.kernel_fn
@@ -199,6 +237,10 @@ class BlockJob:
         return kernel_fn(x1b, None if x2_is_none else x2b, *args, **kw)
 
       self._jitted[x2_is_none] = (block, jax.jit(block))
+      if key is not None:
+        _FN_CACHE[key] = self._jitted[x2_is_none]
+        while len(_FN_CACHE) > 64:
+          _FN_CACHE.popitem(last=False)
     plain, jitted = self._jitted[x2_is_none]
     return plain if self.eager else jitted
 
