@@ -7,3 +7,8 @@ __version__ = "0.1.0"
 from . import stax
 from . import predict
 from .kernel import Kernel
+from .empirical import (NtkImplementation, empirical_kernel_fn,
+                        empirical_nngp_fn, empirical_ntk_fn,
+                        empirical_ntk_vp_fn, linearize, taylor_expand)
+from .monte_carlo import monte_carlo_kernel_fn
+from .batching import batch

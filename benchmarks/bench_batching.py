@@ -1,0 +1,131 @@
+"""Batching workloads: widenets vs neural-tangents 0.6.5.
+
+``WORKLOADS = {name: make}``; ``make(lib)`` (``lib``: the module ``widenets``
+or ``neural_tangents``) builds the network and inputs and returns a
+zero-argument callable that computes the kernel once (the first call
+compiles). Workloads that need widenets-only features (Dask) return None for
+neural-tangents. Standalone::
+
+  .venv/bin/python benchmarks/bench_batching.py              # widenets
+  .peer/nt/bin/python benchmarks/bench_batching.py --lib neural_tangents
+
+prints, per workload, compile+first-run time and the best of a few timed runs.
+The target workload is the 20-layer ReLU kernel of N=4000 (``BENCH_N``)
+inputs with x2=None through ``batch(batch_size=500)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import time
+
+import numpy as np
+
+N = int(os.environ.get("BENCH_N", 4000))
+DIM = 32
+DEPTH = 20
+BATCH = 500
+
+
+def _inputs(n=N, seed=0):
+  return np.random.RandomState(seed).randn(n, DIM).astype(np.float32)
+
+
+def _relu20(lib):
+  stax = lib.stax
+  layers = []
+  for _ in range(DEPTH):
+    layers += [stax.Dense(512, W_std=1.5, b_std=0.05), stax.Relu()]
+  return stax.serial(*layers, stax.Dense(1))[2]
+
+
+def relu20_batch500(lib):
+  """20 x (Dense(512, 1.5, 0.05), Relu) + Dense(1); N=4000, x2=None,
+  batch(batch_size=500), nngp and ntk."""
+  kernel_fn = lib.batch(_relu20(lib), batch_size=BATCH)
+  x = _inputs()
+  return lambda: kernel_fn(x, None, ("nngp", "ntk"))
+
+
+def relu20_unbatched(lib):
+  """The same kernel in one call (the batching-overhead baseline)."""
+  kernel_fn = _relu20(lib)
+  x = _inputs()
+  return lambda: kernel_fn(x, None, ("nngp", "ntk"))
+
+
+def relu20_dask_threads(lib):
+  """The same kernel as a Dask array of 500 x 500 chunks, threaded
+  scheduler (ntk only)."""
+  if lib.__name__ != "widenets":
+    return None
+  from widenets.scale import kernel_array
+  kernel_fn, x = _relu20(lib), _inputs()
+
+  def run():
+    return kernel_array(kernel_fn, x, None, "ntk", BATCH).compute(
+        scheduler="threads")
+  return run
+
+
+def relu20_dask_cluster(lib):
+  """The same Dask array on a 2-worker LocalCluster (processes, one thread
+  each)."""
+  if lib.__name__ != "widenets":
+    return None
+  from widenets.scale import kernel_array, local_client
+  kernel_fn, x = _relu20(lib), _inputs()
+  client = local_client(2, processes=True, dashboard_address=None)
+
+  def run():
+    return kernel_array(kernel_fn, x, None, "ntk", BATCH).compute(
+        scheduler=client)
+  run.client = client
+  return run
+
+
+WORKLOADS = {
+    "relu20_batch500": relu20_batch500,
+    "relu20_unbatched": relu20_unbatched,
+    "relu20_dask_threads": relu20_dask_threads,
+    "relu20_dask_cluster": relu20_dask_cluster,
+}
+
+
+def _block(out):
+  import jax
+  return jax.block_until_ready(out)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--lib", default="widenets")
+  ap.add_argument("--repeat", type=int, default=2)
+  ap.add_argument("--only", nargs="*")
+  args = ap.parse_args()
+  lib = importlib.import_module(args.lib)
+  for name, make in WORKLOADS.items():
+    if args.only and name not in args.only:
+      continue
+    fn = make(lib)
+    if fn is None:
+      continue
+    t = time.perf_counter()
+    _block(fn())
+    first = time.perf_counter() - t
+    best = float("inf")
+    for _ in range(args.repeat):
+      t = time.perf_counter()
+      _block(fn())
+      best = min(best, time.perf_counter() - t)
+    print(f"{args.lib:16s} {name:22s} first {first:7.2f}s  best {best:7.2f}s",
+          flush=True)
+    client = getattr(fn, "client", None)
+    if client is not None:
+      client.close()
+      client.cluster.close()
+
+
+if __name__ == "__main__":
+  main()
