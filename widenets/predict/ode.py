@@ -20,6 +20,7 @@ solved by `widenets.predict.odeint` (adaptive Dormand-Prince; jit-friendly).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -140,6 +141,15 @@ def gradient_descent(
                    jnp.broadcast_to(qx_test, test_out).astype(dtype))
     return ODEState(fx_train, fx_test, qx_train, qx_test)
 
+  tol = _default_tol(dtype)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def solve(k_td, state_0, ts, test_shape):
+    # Jitted once per structure: repeated calls skip tracing the solver.
+    return odeint(vector_field(k_td, test_shape), state_0, ts,
+                  rtol=tol if rtol is None else rtol,
+                  atol=tol if atol is None else atol, max_steps=max_steps)
+
   def predict_fn(
       t: ArrayOrScalar = None,
       fx_train_or_state_0: Any = 0.,
@@ -167,11 +177,8 @@ def gradient_descent(
     if is_concrete(times) and np.any(np.diff(np.asarray(times)) < 0):
       raise ValueError(f"`t` must be non-decreasing (flattened); got {t}.")
     state_0 = initial_state(fx_train_or_state_0, fx_test_0, test_shape)
-    tol = _default_tol(dtype)
     ts = jnp.concatenate([jnp.zeros((1,), dtype), times])
-    states = odeint(vector_field(k_td, test_shape), state_0, ts,
-                    rtol=tol if rtol is None else rtol,
-                    atol=tol if atol is None else atol, max_steps=max_steps)
+    states = solve(k_td, state_0, ts, test_shape)
     states = jax.tree_util.tree_map(
         lambda x: x[1:].reshape(t_shape + x.shape[1:]), states)
     if is_state:
