@@ -1,0 +1,110 @@
+"""`monte_carlo_kernel_fn`: agreement with the analytic kernel of a wide
+network, exactness of the sample mean, generators and errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import widenets as nt
+from widenets import stax
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def data():
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  return jax.random.normal(k1, (6, 4)), jax.random.normal(k2, (3, 4))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_mc_matches_analytic_dense_erf(data, same):
+  x1, x2 = data
+  x2 = None if same else x2
+  # Wide hidden and output layers: the output channels average the NNGP.
+  init_fn, apply_fn, kernel_fn = stax.serial(
+      stax.Dense(512, W_std=1.5, b_std=0.1), stax.Erf(),
+      stax.Dense(128, W_std=1.2, b_std=0.1))
+  mc = nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(1), 64,
+                                vmap_axes=0)
+  est = mc(x1, x2, ("nngp", "ntk"))
+  exact = kernel_fn(x1, x2, ("nngp", "ntk"))
+  assert est.nngp.shape == exact.nngp.shape
+  assert _rel(est.nngp, exact.nngp) < 0.05
+  assert _rel(est.ntk, exact.ntk) < 0.05
+
+
+def test_mc_equals_mean_of_empirical_kernels(data):
+  x1, x2 = data
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Erf(),
+                                     stax.Dense(3))
+  key = jax.random.PRNGKey(3)
+  n = 5
+  est = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, n,
+                                 trace_axes=())(x1, x2)
+  emp = nt.empirical_kernel_fn(apply_fn, trace_axes=())
+  # neural-tangents' key order: key, k_s = split(key) per sample.
+  total = None
+  for _ in range(n):
+    key, k = jax.random.split(key)
+    init_key, drop_key = jax.random.split(k)
+    _, params = init_fn(init_key, x1.shape)
+    one = emp(x1, x2, None, params, rng=drop_key)
+    total = one if total is None else jax.tree_util.tree_map(jnp.add, total,
+                                                             one)
+  np.testing.assert_allclose(est.nngp, total.nngp / n, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(est.ntk, total.ntk / n, rtol=1e-4, atol=1e-5)
+  assert type(est).__name__ == "EmpiricalKernel"
+  assert est.ntk.shape == (6, 3, 3, 3)
+
+
+def test_mc_generator_and_batch_size(data):
+  x1, _ = data
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Erf(),
+                                     stax.Dense(2))
+  key = jax.random.PRNGKey(5)
+  gen = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, [3, 1, 7])(
+      x1, None, "ntk")
+  ests = list(gen)
+  assert len(ests) == 3
+  for n, e in zip([1, 3, 7], ests):
+    ref = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, n)(x1, None, "ntk")
+    np.testing.assert_allclose(e, ref, rtol=1e-5, atol=1e-6)
+  blocked = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 7, batch_size=3)
+  np.testing.assert_allclose(blocked(x1, None, "ntk"), ests[-1], rtol=1e-5,
+                             atol=1e-6)
+  got = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 2)(x1, None,
+                                                            ("ntk",))
+  assert type(got).__name__ == "MonteCarloKernel" and got._fields == ("ntk",)
+
+
+def test_mc_nngp_only_needs_no_jacobian(data):
+  x1, _ = data
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Erf(),
+                                     stax.Dense(2))
+
+  def apply_no_grad(params, x, **kw):
+    # Differentiating this would fail: the nngp path must never try.
+    return jax.lax.stop_gradient(apply_fn(params, x, **kw)) + jax.pure_callback(
+        lambda: np.zeros((), np.float32), jax.ShapeDtypeStruct((), jnp.float32))
+  mc = nt.monte_carlo_kernel_fn(init_fn, apply_no_grad, jax.random.PRNGKey(0),
+                                4)
+  assert mc(x1, None, "nngp").shape == (6, 6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, [2, 0], "3", 2.5])
+def test_mc_bad_n_samples(bad):
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(8))
+  with pytest.raises((ValueError, TypeError), match="n_samples"):
+    nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), bad)
+
+
+def test_mc_bad_batch_size(data):
+  x1, _ = data
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(8))
+  mc = nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 2,
+                                batch_size=4)
+  with pytest.raises(ValueError, match="batch_size"):
+    mc(x1, None, "nngp")

@@ -1,0 +1,136 @@
+"""NTK by NTK-vector products (`NtkImplementation.NTK_VECTOR_PRODUCTS`).
+
+``Theta(x1, x2) v = J(x1) (J(x2)^T v)``: one VJP through ``f(x2)`` then one
+JVP through ``f(x1)``, never contracting Jacobians. The kernel is obtained by
+applying the transpose to the standard basis of ``f(x1)``'s outputs: row ``e``
+is ``J(x2) (J(x1)^T e)`` (a VJP on ``f(x1)``, a JVP on ``f(x2)``).
+
+With ``vmap_axes`` the VJPs run on one sample of ``x1`` at a time (the basis
+is the outputs of that sample only), while the JVP runs on the whole ``x2``
+batch, so its cost is ``N1 * K`` batched forward passes for ``K`` outputs per
+sample.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import tree_map
+
+from . import _common as C
+
+__all__ = ["ntk_vector_products_ntk_fn", "empirical_ntk_vp_fn"]
+
+
+def _leaf_fn(fn: Callable, index: int) -> Callable:
+  return lambda p: jax.tree_util.tree_leaves(fn(p))[index]
+
+
+def _cotangent(fx, index: int, leaf_ct):
+  """A tree like ``fx`` with ``leaf_ct`` at leaf ``index`` and zeros
+  elsewhere."""
+  leaves, treedef = jax.tree_util.tree_flatten(fx)
+  cts = [leaf_ct if i == index else jnp.zeros(l.shape, l.dtype)
+         for i, l in enumerate(leaves)]
+  return jax.tree_util.tree_unflatten(treedef, cts)
+
+
+def _rows(vjp_fn, fx_out, f2, params, index: int, shape, dtype):
+  """``R[b] = J2 (J1^T e_b)`` for the standard basis ``e_b`` of one output
+  leaf of the VJP side; returns ``shape + f2-leaf shape``."""
+  size = int(np.prod(shape, dtype=np.int64))
+  eye = jnp.eye(size, dtype=dtype).reshape((size,) + tuple(shape))
+
+  def row(e):
+    t, = vjp_fn(_cotangent(fx_out, index, e))
+    return jax.jvp(_leaf_fn(f2, index), (params,), (t,))[1]
+
+  r = jax.vmap(row)(eye)
+  return r.reshape(tuple(shape) + r.shape[1:])
+
+
+def _trace_and_diagonal(r, ndim: int, trace_axes, diagonal_axes):
+  """Takes traces/diagonals of ``r`` of shape ``fx1.shape + fx2.shape``."""
+  trace_axes = C.canonical_axes(trace_axes, ndim, "trace_axes")
+  diagonal_axes = C.canonical_axes(diagonal_axes, ndim, "diagonal_axes")
+  C.check_trace_diagonal(r.shape[:ndim], r.shape[ndim:], trace_axes,
+                         diagonal_axes)
+  ids1, ids2, out = C.output_ids(ndim, trace_axes, diagonal_axes)
+  return jnp.einsum(r, ids1 + ids2, out) / C.trace_size(r.shape, trace_axes)
+
+
+def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
+                               diagonal_axes=(), vmap_axes=None, **unused):
+  """``ntk_fn(x1, x2, params, **kwargs)`` by NTK-vector products."""
+
+  def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
+    kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
+    fx1 = C.check_params(f, params, x1, kw1)
+    if C.all_none(x2):
+      x2, kw2, fx2 = x1, kw1, fx1
+    else:
+      fx2 = C.check_params(f, params, x2, kw2)
+    spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
+    keys = tuple(kwargs)
+    f2 = lambda p: f(p, x2, **kw2)
+    leaves1 = jax.tree_util.tree_leaves(fx1)
+    leaves2 = jax.tree_util.tree_leaves(fx2)
+    out = []
+    for i, (l1, l2) in enumerate(zip(leaves1, leaves2)):
+      if len(l1.shape) != len(l2.shape):
+        raise ValueError(f"f(x1) of shape {l1.shape} and f(x2) of shape "
+                         f"{l2.shape} must have the same number of axes.")
+      if not spec.active:
+        f1 = lambda p: f(p, x1, **kw1)
+        fx_out, vjp_fn = jax.vjp(f1, params)
+        r = _rows(vjp_fn, fx_out, f2, params, i, l1.shape, l1.dtype)
+      else:
+        axis = jax.tree_util.tree_leaves(spec.fx_axis)[i]
+        g = C.per_sample_fn(f, spec, keys)
+
+        def per_sample(x, *args):
+          fx_s, vjp_fn = jax.vjp(lambda p: g(p, x, *args), params)
+          shape = jax.tree_util.tree_leaves(fx_s)[i].shape
+          return _rows(vjp_fn, fx_s, f2, params, i, shape, l1.dtype)
+
+        r = jax.vmap(per_sample, in_axes=C.vmap_in_axes(spec, keys))(
+            x1, *[kw1[k] for k in keys])
+        r = jnp.moveaxis(r, 0, axis)
+      out.append(_trace_and_diagonal(r, len(l1.shape), trace_axes,
+                                     diagonal_axes))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fx1), out)
+
+  return ntk_fn
+
+
+def empirical_ntk_vp_fn(f: Callable, x1, x2: Optional, params,
+                        **apply_fn_kwargs) -> Callable:
+  """NTK-vector product ``v -> Theta(x1, x2) v`` without forming the NTK.
+
+  Costs one VJP through ``f(x2)`` and one JVP through ``f(x1)`` per call
+  (about ``N1 + N2`` forward passes), memory of one VJP.
+
+  Args:
+    f: ``f(params, x, **kwargs)``.
+    x1, x2: inputs; ``x2=None`` means ``x2 = x1``.
+    params: parameters the NTK is taken about.
+    **apply_fn_kwargs: split between ``x1`` and ``x2`` as in
+      `empirical_ntk_fn`.
+
+  Returns:
+    ``ntk_vp_fn(cotangents)``: ``cotangents`` shaped like ``f(params, x2)``;
+    returns a tree shaped like ``f(params, x1)``:
+    ``sum_{j,b} Theta[(i,a), (j,b)] v[j,b]`` (no trace over outputs).
+  """
+  kw1, kw2 = C.split_kwargs(apply_fn_kwargs, x1, x2)
+  C.check_params(f, params, x1, kw1)
+  f1 = lambda p: f(p, x1, **kw1)
+  f2 = f1 if C.all_none(x2) else (lambda p: f(p, x2, **kw2))
+
+  def ntk_vp_fn(cotangents):
+    t, = jax.vjp(f2, params)[1](cotangents)
+    return jax.jvp(f1, (params,), (t,))[1]
+
+  return ntk_vp_fn
