@@ -9,7 +9,10 @@ from .activations import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical,
                           RectifiedMonomial, Relu, Sigmoid_like, Sign, Sin)
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
+from .conv import Conv, ConvLocal, ConvTranspose
 from .dense import Dense
 from .layer import KernelFn, Requirements, layer
-from .pooling import Flatten
+from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,
+                      SumPool)
+from .stencil import Padding
 from .structural import Dropout, Identity
