@@ -144,8 +144,12 @@ class KernelFn:
   """
 
   def __init__(self, rule: Callable, reqs: Requirements, name: str,
-               init_fn: Optional[Callable] = None, set_shapes: bool = True):
+               init_fn: Optional[Callable] = None, set_shapes: bool = True,
+               mask_rule: Any = None, masks: bool = False):
     self.rule = rule
+    # Primitive layers move masks (`masking.propagate`); combinators don't.
+    self._masks = masks
+    self._mask_rule = mask_rule
     self.reqs = reqs
     self.name = name
     self.__name__ = name
@@ -163,6 +167,9 @@ class KernelFn:
     out = self.rule(k, **kwargs)
     if self._set_shapes:
       out = self._with_shapes(k, out)
+    if self._masks and _has_masks(k):
+      from . import masking
+      out = masking.propagate(k, out, self._mask_rule)
     return out
 
   def _check_input(self, k) -> None:
@@ -287,6 +294,12 @@ class KernelFn:
 
     return jax.tree_util.tree_map(finish, out,
                                   is_leaf=lambda l: isinstance(l, Kernel))
+
+
+def _has_masks(k) -> bool:
+  return any(kk.mask1 is not None or kk.mask2 is not None
+             for kk in jax.tree_util.tree_leaves(
+                 k, is_leaf=lambda l: isinstance(l, Kernel)))
 
 
 class _Hashable:
@@ -449,14 +462,20 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
 
   ``fn(*args, **kwargs)`` returns ``(init_fn, apply_fn, rule, reqs)`` where
   ``rule(kernel, **kwargs) -> kernel`` is the covariance rule; the decorated
-  function returns the public triple with a `KernelFn`.
+  function returns the public triple with a `KernelFn`. An optional fifth
+  element, a `masking.MaskRule`, says how the layer moves masks (default:
+  unchanged, covariances of masked positions zeroed).
   """
 
   @functools.wraps(fn)
   def make(*args, **kwargs):
-    init_fn, apply_fn, rule, reqs = fn(*args, **kwargs)
+    init_fn, apply_fn, rule, reqs, *mask_rule = fn(*args, **kwargs)
+    mask_rule = mask_rule[0] if mask_rule else None
     name = _layer_name(fn.__name__, args, kwargs)
-    kernel_fn = KernelFn(rule, reqs, name, init_fn=init_fn)
+    from . import masking
+    apply_fn = masking.masked_apply(apply_fn, mask_rule)
+    kernel_fn = KernelFn(rule, reqs, name, init_fn=init_fn,
+                         mask_rule=mask_rule, masks=True)
     for f in (init_fn, apply_fn):
       try:
         f.__name__ = name
