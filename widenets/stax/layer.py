@@ -211,7 +211,7 @@ class KernelFn:
       return get_from(self.apply(x1_or_kernel, **kw), get)
 
     x1 = x1_or_kernel
-    _validate_inputs(self.name, x1, x2)
+    _validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     diagonal_batch = kwargs.pop("diagonal_batch", None)
     diagonal_spatial = kwargs.pop("diagonal_spatial", None)
     mask_constant = kwargs.pop("mask_constant", None)
@@ -328,7 +328,7 @@ def _freeze(v):
     return repr(v)
 
 
-def _validate_inputs(name: str, x1, x2) -> None:
+def _validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
   l1 = jax.tree_util.tree_leaves(x1)
   l2 = None if x2 is None else jax.tree_util.tree_leaves(x2)
   if not l1:
@@ -344,7 +344,9 @@ def _validate_inputs(name: str, x1, x2) -> None:
           f"x.reshape(-1, 1); for one example use x[None].")
     if l2 is not None:
       b = l2[i]
-      if b.ndim != a.ndim or tuple(b.shape[1:]) != tuple(a.shape[1:]):
+      rest = lambda s: tuple(d for i, d in enumerate(s)
+                             if i != batch_axis % len(s))
+      if b.ndim != a.ndim or rest(b.shape) != rest(a.shape):
         raise ValueError(
             f"{name}: x1 and x2 must have the same shape apart from the batch "
             f"axis; got x1 {tuple(a.shape)} and x2 {tuple(b.shape)}.")
