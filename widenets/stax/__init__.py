@@ -5,8 +5,9 @@ NNGP and NTK of the network that ``init_fn``/``apply_fn`` describe.
 """
 from .activations import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical,
                           Erf, Exp, ExpNormalized, Gabor, Gaussian, Gelu,
-                          Hermite, LeakyRelu, Monomial, Polynomial, Rbf,
-                          RectifiedMonomial, Relu, Sigmoid_like, Sign, Sin)
+                          Hermite, LeakyRelu, MaxPool, Monomial, Polynomial,
+                          Rbf, RectifiedMonomial, Relu, Sigmoid_like, Sign,
+                          Sin)
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .base import check_callable, elementwise_layer
-from .quadrature import derivative, gauss_hermite, quadrature_rule
+from .quadrature import gauss_hermite, quadrature_rule
 
 
 def _name_of(f, default: str) -> str:
@@ -87,6 +87,6 @@ def ElementwiseNumerical(fn: Callable, deg: int,
     gauss_hermite(deg)
   except ValueError as e:
     raise ValueError(f"ElementwiseNumerical: {e}") from None
-  rule = quadrature_rule(fn, derivative(fn) if df is None else df, deg)
+  rule = quadrature_rule(fn, df, deg)
   return elementwise_layer(
       fn, f"ElementwiseNumerical({_name_of(fn, 'fn')}, deg={deg})", rule)

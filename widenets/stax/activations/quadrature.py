@@ -21,7 +21,7 @@ copies.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,57 +39,76 @@ def gauss_hermite(deg: int):
   return np.polynomial.hermite.hermgauss(int(deg))
 
 
-def bivariate_expectation(f: Callable, g: Callable, cov, var1, var2,
-                          deg: int):
-  """``E[f(u) g(v)]`` for ``(u, v) ~ N(0, [[var1, cov], [cov, var2]])``.
+def bivariate_expectations(outer: Callable, inner: Callable, cov, var1,
+                           var2, deg: int) -> tuple:
+  """``(E[outer(u)[k] inner(v)[k]])_k`` for ``(u, v) ~ N(0, [[var1, cov],
+  [cov, var2]])``.
 
-  ``cov``, ``var1``, ``var2`` broadcast against each other; ``f`` and ``g``
-  are elementwise functions of arrays. The correlation is clipped into
+  ``outer`` and ``inner`` map an array to a tuple of arrays (elementwise
+  functions), so several expectations share one pass over the nodes (e.g.
+  ``tanh`` and its derivative from one evaluation). ``cov``, ``var1``,
+  ``var2`` broadcast against each other. The correlation is clipped into
   ``[-1, 1]``; a vanishing variance gives ``rho = 0``.
   """
   x, w = gauss_hermite(deg)
-  cov, var1, var2 = jnp.broadcast_arrays(cov, var1, var2)
-  dtype = cov.dtype
+  shape = jnp.broadcast_shapes(jnp.shape(cov), jnp.shape(var1),
+                               jnp.shape(var2))
+  dtype = jnp.result_type(cov, var1, var2)
   root, _ = sine_and_angle(cov, var1, var2)
   s = safe_sqrt(var1 * var2)
   positive = s > 0
   safe_s = jnp.where(positive, s, 1.0)
   rho = jnp.clip(jnp.where(positive, cov / safe_s, 0.0), -1.0, 1.0)
   sigma = jnp.where(positive, jnp.minimum(root / safe_s, 1.0), 1.0)
-  scale1 = safe_sqrt(2 * var1)
+  scale1 = safe_sqrt(2 * var1)  # keeps var1's (small) shape: f is cheap
   scale2 = safe_sqrt(2 * var2)
   slope, spread = scale2 * rho, scale2 * sigma
-  xs = jnp.asarray(x, dtype).reshape((-1,) + (1,) * cov.ndim)
-  ws = jnp.asarray(w, dtype).reshape((-1,) + (1,) * cov.ndim)
+  xs = jnp.asarray(x, dtype).reshape((-1,) + (1,) * len(shape))
+  ws = jnp.asarray(w, dtype).reshape((-1,) + (1,) * len(shape))
 
   def body(acc, node):
     xi, wi = node
-    # One fused reduction over the inner nodes.
-    inner = jnp.sum(ws * g(slope * xi + spread * xs), axis=0)
-    return acc + wi * f(scale1 * xi) * inner, None
+    # The sums over the inner nodes: one fused reduction each.
+    values = inner(slope * xi + spread * xs)
+    sums = [jnp.sum(ws * v, axis=0) for v in values]
+    outs = outer(scale1 * xi)
+    return tuple(a + wi * o * t for a, o, t in zip(acc, outs, sums)), None
 
-  init = jnp.zeros(cov.shape, dtype)
+  n_out = len(inner(jnp.zeros((1,), dtype)))
+  init = tuple(jnp.zeros(shape, dtype) for _ in range(n_out))
   acc, _ = jax.lax.scan(body, init, (jnp.asarray(x, dtype),
                                      jnp.asarray(w, dtype)))
-  return acc / jnp.pi
+  return tuple(a / jnp.pi for a in acc)
 
 
-def derivative(fn: Callable) -> Callable:
-  """``fn'`` of an elementwise ``fn`` (one forward-mode pass)."""
-  def df(x):
-    return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
-  return df
+def bivariate_expectation(f: Callable, g: Callable, cov, var1, var2,
+                          deg: int):
+  """``E[f(u) g(v)]``; see `bivariate_expectations`."""
+  return bivariate_expectations(lambda z: (f(z),), lambda z: (g(z),), cov,
+                                var1, var2, deg)[0]
 
 
-def quadrature_rule(fn: Callable, df: Callable, deg: int):
-  """The pairwise kernel rule of ``fn`` by quadrature (NTK factor: the same
-  expectation of ``df``)."""
+def value_and_derivative(fn: Callable) -> Callable:
+  """``z -> (fn(z), fn'(z))`` for an elementwise ``fn`` in one forward-mode
+  pass (``tanh'`` reuses ``tanh``)."""
+  def both(z):
+    return jax.jvp(fn, (z,), (jnp.ones_like(z),))
+  return both
+
+
+def quadrature_rule(fn: Callable, df: Optional[Callable], deg: int):
+  """The pairwise kernel rule of ``fn`` by quadrature; the NTK factor is the
+  same expectation of ``df`` (default: autodiff of ``fn``)."""
   gauss_hermite(deg)  # validate early
+  if df is None:
+    both = value_and_derivative(fn)
+  else:
+    both = lambda z: (fn(z), df(z))
 
   def pair_rule(cov, var1, var2, ntk):
-    new = bivariate_expectation(fn, fn, cov, var1, var2, deg)
-    if ntk is not None:
-      ntk = ntk * bivariate_expectation(df, df, cov, var1, var2, deg)
-    return new, ntk
+    if ntk is None:
+      return bivariate_expectation(fn, fn, cov, var1, var2, deg), None
+    new, dot = bivariate_expectations(both, both, cov, var1, var2, deg)
+    return new, ntk * dot
 
   return pair_rule

@@ -1,0 +1,97 @@
+"""Activation workloads: widenets vs neural-tangents 0.6.5.
+
+``WORKLOADS = {name: make}``; ``make(lib)`` (``lib``: the module ``widenets``
+or ``neural_tangents``) builds the network and inputs and returns a
+zero-argument callable that computes the kernels once (the first call
+compiles). Standalone::
+
+  .venv/bin/python benchmarks/bench_activations.py              # widenets
+  .peer/nt/bin/python benchmarks/bench_activations.py --lib neural_tangents
+
+prints, per workload, compile+first-run time, the best of a few timed runs
+and the process peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import importlib
+import resource
+import time
+import warnings
+
+import numpy as np
+
+N = int(os.environ.get("BENCH_N", 1000))
+DIM = 32
+DEG = 25
+
+
+def _inputs(n=N, seed=0):
+  rs = np.random.RandomState(seed)
+  return rs.randn(n, DIM).astype(np.float32)
+
+
+def _numerical_tanh_net(lib):
+  import jax.numpy as jnp
+  stax = lib.stax
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # neural-tangents warns on construction
+    act = stax.ElementwiseNumerical(jnp.tanh, deg=DEG)
+  return stax.serial(stax.Dense(512, 1.5, 0.05), act,
+                     stax.Dense(512, 1.5, 0.05), act,
+                     stax.Dense(1, 1.5, 0.05))[2]
+
+
+def numerical_tanh_x2(lib):
+  """2-hidden-layer ElementwiseNumerical(tanh, deg=25), (1000, 32) x (1000,
+  32) inputs, nngp and ntk."""
+  kernel_fn = _numerical_tanh_net(lib)
+  x1, x2 = _inputs(), _inputs(seed=1)
+  return lambda: kernel_fn(x1, x2, ("nngp", "ntk"))
+
+
+def numerical_tanh_none(lib):
+  """The same network with x2=None (widenets computes the i <= j pairs)."""
+  kernel_fn = _numerical_tanh_net(lib)
+  x1 = _inputs()
+  return lambda: kernel_fn(x1, None, ("nngp", "ntk"))
+
+
+WORKLOADS = {
+    "elementwise_numerical_tanh_deg25_x2": numerical_tanh_x2,
+    "elementwise_numerical_tanh_deg25_none": numerical_tanh_none,
+}
+
+
+def _block(out):
+  import jax
+  jax.tree_util.tree_map(lambda a: a.block_until_ready(), tuple(out))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--lib", default="widenets")
+  parser.add_argument("--repeat", type=int, default=3)
+  parser.add_argument("--only", default=None)
+  args = parser.parse_args()
+  lib = importlib.import_module(args.lib)
+  for name, make in WORKLOADS.items():
+    if args.only and args.only not in name:
+      continue
+    run = make(lib)
+    t0 = time.perf_counter()
+    _block(run())
+    first = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(args.repeat):
+      t0 = time.perf_counter()
+      _block(run())
+      best = min(best, time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{args.lib:16s} {name:42s} first {first:7.2f}s  best {best:7.2f}s"
+          f"  peak RSS so far {rss:8.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+  main()
