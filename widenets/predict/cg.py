@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -145,7 +146,9 @@ def _as_blocks(kernel, block_size: int, dtype=None) -> KernelBlocks:
   return KernelBlocks(kernel, block_size=block_size, dtype=dtype)
 
 
-# ---- preconditioners: each returns (apply_fn, name) ---------------------------
+# ---- preconditioners: (kind, arrays) applied by `_apply_precond` -------------
+# Module-level jitted functions of arrays (not closures), so that a new
+# factorization does not recompile them.
 
 
 def _nystrom(op: KernelBlocks, mu, rank: int, seed: int):
@@ -162,19 +165,12 @@ def _nystrom(op: KernelBlocks, mu, rank: int, seed: int):
   b = jax.scipy.linalg.solve_triangular(c, y.T, lower=True).T
   u, s, _ = jnp.linalg.svd(b, full_matrices=False)
   lam = jnp.maximum(s ** 2 - nu, 0.)
-  scale = (lam[-1] + mu) / (lam + mu)
-
-  @jax.jit
-  def apply(r):
-    ur = u.T @ r
-    return r + u @ ((scale[:, None] - 1.) * ur)
-  return apply
+  return (u, (lam[-1] + mu) / (lam + mu) - 1.)
 
 
 def _block_jacobi(op: KernelBlocks, mu, block_size: int):
   n, dtype = op.n, op.dtype
   nb = -(-n // block_size)
-  pad = nb * block_size - n
   blocks = []
   for i in range(nb):
     r = slice(i * block_size, min((i + 1) * block_size, n))
@@ -182,33 +178,37 @@ def _block_jacobi(op: KernelBlocks, mu, block_size: int):
     m = blk.shape[0]
     full = jnp.eye(block_size, dtype=dtype)
     blocks.append(full.at[:m, :m].set(blk + mu * jnp.eye(m, dtype=dtype)))
-  chol = jnp.linalg.cholesky(jnp.stack(blocks))
+  return (jnp.linalg.cholesky(jnp.stack(blocks)),)
 
-  @jax.jit
-  def apply(r):
-    c = r.shape[1]
-    rp = jnp.concatenate([r, jnp.zeros((pad, c), r.dtype)]).reshape(
-        nb, block_size, c)
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_precond(kind, params, r):
+  if kind == "nystrom":
+    u, scale = params
+    return r + u @ (scale[:, None] * (u.T @ r))
+  if kind == "jacobi":
+    return params[0][:, None] * r
+  if kind == "block_jacobi":
+    chol, = params
+    nb, bs, _ = chol.shape
+    n, c = r.shape
+    rp = jnp.concatenate([r, jnp.zeros((nb * bs - n, c), r.dtype)])
     x = jax.vmap(lambda l, v: jax.scipy.linalg.cho_solve((l, True), v))(
-        chol, rp)
-    return x.reshape(nb * block_size, c)[:n]
-  return apply
-
-
-def _jacobi(op: KernelBlocks, mu):
-  inv = 1. / (op.diagonal() + mu)
-  return jax.jit(lambda r: inv[:, None] * r)
+        chol, rp.reshape(nb, bs, c))
+    return x.reshape(nb * bs, c)[:n]
+  return r
 
 
 def _preconditioner(op, mu, name, rank, block_size, seed):
+  """``(kind, arrays)`` of a preconditioner of ``K + mu I``."""
   if name is None or name == "none":
-    return lambda r: r
+    return "none", ()
   if name == "nystrom":
-    return _nystrom(op, mu, rank, seed)
+    return name, _nystrom(op, mu, rank, seed)
   if name == "block_jacobi":
-    return _block_jacobi(op, mu, block_size)
+    return name, _block_jacobi(op, mu, block_size)
   if name == "jacobi":
-    return _jacobi(op, mu)
+    return name, (1. / (op.diagonal() + mu),)
   raise ValueError(f"Unknown preconditioner {name!r}: expected 'nystrom', "
                    f"'block_jacobi', 'jacobi' or None.")
 
@@ -258,8 +258,15 @@ def _run_python(matvec, precond, b, tol, maxiter, verbose):
   return x, it, float(jnp.max(res)), tuple(history)
 
 
-def _run_jax(matvec, precond, b, tol, maxiter):
-  """CG as a `lax.while_loop` (jit-friendly; in-memory kernels)."""
+@functools.partial(jax.jit, static_argnums=(2, 6))
+def _run_jax(k, mu, kind, params, b, tol, maxiter):
+  """CG as a `lax.while_loop` on an in-memory kernel (jit-friendly)."""
+  def matvec(v):
+    return k @ v + mu * v
+
+  def precond(r):
+    return _apply_precond(kind, params, r)
+
   bnorm = jnp.linalg.norm(b, axis=0)
   bnorm = jnp.where(bnorm > 0, bnorm, 1.)
   z = precond(b)
@@ -350,14 +357,17 @@ class _CGFactor:
       def matvec(v):
         return op @ v + mu * v
 
+      kind, params = self.precond
       if op.in_memory and not (is_concrete(b2) and cfg.verbose):
-        x, it, res, hist = _run_jax(matvec, self.precond, b2, tol, maxiter)
+        x, it, res, hist = _run_jax(op.dense(), mu, kind, params, b2, tol,
+                                    maxiter)
         if is_concrete(it):
           it, res = int(it), float(res)
           hist = tuple(float(h) for h in np.asarray(hist)[:it])
       else:
-        x, it, res, hist = _run_python(matvec, self.precond, b2, tol, maxiter,
-                                       cfg.verbose)
+        x, it, res, hist = _run_python(
+            matvec, functools.partial(_apply_precond, kind, params), b2, tol,
+            maxiter, cfg.verbose)
       x = x.astype(self.out_dtype)
     if is_concrete(x):
       x.block_until_ready()
