@@ -363,10 +363,13 @@ def _leaf_ntk(plan: Plan, s1, s2, l: int, shape1, shape2, fx_axis,
         len(site.eqn.outvars) == 1):
       in1 = _merge(oth1[key], tag1[key])
       in2 = _merge(oth2[key], tag2[key])
+      # The other operand has a leading sample axis (vmap) unless it also
+      # carries parameters (then it does not depend on the inputs).
+      linked = vm and (1 - pos) not in {p for p, _, _ in site.uses}
       part = rule(df_of(dfs1, key)[0], df_of(dfs2, key)[0], in1, in2, pos,
                   site.eqn.params, ids1, ids2, out_ids,
-                  ids1[fx_axis] if vm else None,
-                  ids2[fx_axis] if vm else None)
+                  ids1[fx_axis] if linked else None,
+                  ids2[fx_axis] if linked else None)
       part = part / C.trace_size(shape1, trace)
     else:
       j1 = sum(jac(dfs1, oth1, tag1, k, p) for k, p, _ in uses)
