@@ -145,6 +145,10 @@ def _kernel(args) -> int:
   k = kfn(x1, x2, gets)
   if progress:
     print(file=sys.stderr)
+  stats = getattr(kfn, "last_run", None)
+  if use_store and stats is not None:
+    print(f"blocks: {stats.computed} computed, {stats.skipped} already in "
+          f"the store")
   arrays = {g: np.asarray(getattr(k, g)) for g in gets}
   if use_store:
     written = out
