@@ -71,6 +71,15 @@ def test_mismatched_store_is_refused(tmp_path):
     batch(KF, 4, store=path)(X, None, "nngp")
   with pytest.raises(StoreMismatchError, match="batch_size=4"):
     batch(KF, 3, store=path)(X, None, "ntk")
+  def scaled(scale):  # closes over an array, like a Monte Carlo key
+    def kernel_fn(x1, x2, get):
+      return KF(x1 * scale, None if x2 is None else x2 * scale, get)
+    return kernel_fn
+
+  batch(scaled(np.ones(1, np.float32)), 4, store=tmp_path / "c")(X, None, "ntk")
+  with pytest.raises(StoreMismatchError, match="different inputs"):
+    batch(scaled(2 * np.ones(1, np.float32)), 4, store=tmp_path / "c")(
+        X, None, "ntk")
   bf = batch(KF, "auto", store=path)  # 'auto' reuses the store's blocks
   bf(X, None, "ntk")
   assert bf.last_run.grid.b1 == 4 and bf.last_run.computed == 0

@@ -87,6 +87,25 @@ def fingerprint(*trees) -> str:
   return h.hexdigest()
 
 
+def _closure_arrays(fn, depth: int = 2) -> list:
+  """Arrays held in ``fn``'s closure cells (and nested closures)."""
+  found = []
+  for cell in getattr(fn, "__closure__", None) or ():
+    try:
+      v = cell.cell_contents
+    except ValueError:  # empty cell
+      continue
+    if callable(v) and depth > 0:
+      found += _closure_arrays(v, depth - 1)
+      continue
+    try:
+      leaves = jax.tree_util.tree_leaves(v)
+    except Exception:  # noqa: BLE001 - not a pytree
+      continue
+    found += [l for l in leaves if isinstance(l, (np.ndarray, jax.Array))]
+  return found
+
+
 class BlockJob:
   """``kernel_fn`` with its non-input arguments sorted into static/dynamic."""
 
@@ -141,11 +160,13 @@ class BlockJob:
     }
 
   def arrays_fingerprint(self) -> str:
-    """Hash of the array arguments (params, keys, pairs) of the call."""
+    """Hash of the array arguments (params, keys, pairs) of the call, and of
+    arrays the kernel function closes over (a Monte Carlo function's key,
+    an empirical function's captured params)."""
     return fingerprint([self.array_args[i] for i in sorted(self.array_args)],
                        [self.array_kwargs[k] for k in sorted(self.array_kwargs)],
                        [self.pair_kwargs[k] for k in sorted(self.pair_kwargs)],
-                       self.rng)
+                       self.rng, _closure_arrays(self.kernel_fn))
 
   def with_get(self, get) -> "BlockJob":
     """The same job asking for ``get`` instead (positional or keyword)."""

@@ -11,6 +11,7 @@ dask-kubernetes...), which also retries blocks lost with a worker.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import operator
 import threading
@@ -37,7 +38,13 @@ class _Task:
   """A picklable job handle that resolves to one shared `BlockJob`."""
 
   def __init__(self, job: BlockJob):
-    self.token = uuid.uuid4().hex
+    # The same job content gives the same token, so a worker reuses the
+    # functions it compiled for an earlier graph of the same kernel.
+    try:
+      import cloudpickle
+      self.token = hashlib.sha256(cloudpickle.dumps(job)).hexdigest()
+    except Exception:  # noqa: BLE001 - unpicklable: only local schedulers
+      self.token = uuid.uuid4().hex
     self.job = job
 
   def resolve(self) -> BlockJob:
