@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from ..kernel import Kernel
-from . import stencil
+from . import masking, stencil
 from .dense import affine_kernel, check_parameterization
 from .layer import Requirements, layer
 from .stencil import Padding
@@ -187,9 +187,32 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
       k = k.transpose(perm)
     return k
 
+  def mask_fn(mask, input_shape):
+    # An output position is masked iff the input at its window's centre is
+    # (a transposed convolution: iff any input reaching it is).
+    mask = masking.collapse_channels(mask, lhs_spec.index("C"))
+    if transpose:
+      rhs_shape = [1 if c in "IO" else f for c, f in zip(
+          rhs_spec, _insert_io(filter_shape, rhs_spec))]
+      out = lax.conv_transpose(mask.astype(jnp.float32),
+                               jnp.ones(rhs_shape, jnp.float32), strides,
+                               init_padding,
+                               dimension_numbers=dimension_numbers)
+      return out > 0
+    in_spatial = tuple(input_shape[lhs_spec.index(c)] for c in lhs_sp)
+    mask = masking.window_centres(
+        mask, [lhs_spec.index(c) for c in lhs_sp], windows_for(in_spatial))
+    return jnp.transpose(mask, [lhs_spec.index(c) for c in out_spec])
+
   reqs = Requirements(batch_axis=lhs_spec.index("N"),
                       channel_axis=lhs_spec.index("C"))
-  return init_fn, apply_fn, rule, reqs
+  return init_fn, apply_fn, rule, reqs, masking.MaskRule(mask_fn)
+
+
+def _insert_io(filter_shape, rhs_spec):
+  """``filter_shape`` with placeholders at the ``I``/``O`` letters."""
+  it = iter(filter_shape)
+  return [1 if c in "IO" else next(it) for c in rhs_spec]
 
 
 _CONV_DOC = """

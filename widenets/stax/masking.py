@@ -149,6 +149,28 @@ def masked_apply(apply_fn: Callable, rule: Optional[MaskRule]) -> Callable:
   return wrapped
 
 
+def window_centres(mask, axes, windows):
+  """The mask at the centre of each window of a conv/pool along ``axes``."""
+  for a, w in zip(axes, windows):
+    start = (w.size - 1) // 2 - w.pad[0]
+    idx = np.arange(w.raw_out) * w.stride + start
+    if w.circular:
+      idx = idx % w.n
+    mask = jnp.take(mask, jnp.asarray(np.clip(idx, 0, w.n - 1)), axis=a)
+  return mask
+
+
+def check_position_mask(name: str, mask, channel_axis: int) -> None:
+  """Pooling-type layers need masks that do not vary over channels."""
+  if mask is not None and mask.shape[channel_axis] != 1:
+    raise ValueError(
+        f"{name}: the mask varies over channels (mask shape "
+        f"{tuple(mask.shape)}, channel axis {channel_axis}); a layer that "
+        f"mixes positions needs whole positions masked (mask shape with size "
+        f"1 on the channel axis). Put a Dense/Conv layer first, or mask all "
+        f"channels of a position.")
+
+
 # --- kernels ------------------------------------------------------------------
 
 def spatial_mask(mask, k: Kernel, strict: bool = True):

@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from ..kernel import Kernel
-from . import stencil
+from . import masking, stencil
 from .layer import Requirements, layer
 
 
@@ -73,8 +73,13 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
         is_gaussian=False, is_reversed=False, batch_axis=batch_axis_out,
         channel_axis=channel_axis_out, diagonal_spatial=False)
 
-  return init_fn, apply_fn, rule, Requirements(readout=True,
-                                               batch_axis=batch_axis)
+  def mask_fn(mask, input_shape):
+    mask = jnp.broadcast_to(mask, tuple(input_shape))
+    return apply_fn((), mask)
+
+  return init_fn, apply_fn, rule, Requirements(
+      readout=True, batch_axis=batch_axis), masking.MaskRule(mask_fn,
+                                                             remask=False)
 
 
 # --- local and global pooling ----------------------------------------------
@@ -156,9 +161,16 @@ def _pool_layer(name: str, window_shape, strides, padding,
                      cov2=None if k.cov2 is None else f(k.cov2,
                                                         k.cov_batch_ndim))
 
+  def mask_fn(mask, input_shape):
+    ndim = len(input_shape)
+    masking.check_position_mask(name, mask, channel_axis % ndim)
+    axes = _spatial_axes_of(ndim, batch_axis, channel_axis)
+    windows = windows_for(tuple(input_shape[a] for a in axes))
+    return masking.window_centres(mask, axes, windows)
+
   return init_fn, apply_fn, rule, Requirements(
       diagonal_spatial_ok=False, blocker=name, batch_axis=batch_axis,
-      channel_axis=channel_axis)
+      channel_axis=channel_axis), masking.MaskRule(mask_fn)
 
 
 @layer
@@ -225,11 +237,16 @@ def _global_pool_layer(name: str, batch_axis: int, channel_axis: int,
           total = total / jnp.maximum(jnp.sum(
               jnp.broadcast_to(weight, mat.shape), axes), 1)
         return total
-      return jnp.mean(mat, axes) if average else jnp.sum(mat, axes)
+      # A matrix-vector product: XLA's CPU reduction of a large operand
+      # materialized a same-sized broadcast constant.
+      size = int(np.prod(mat.shape[batch_ndim:]))
+      flat = mat.reshape(mat.shape[:batch_ndim] + (size,))
+      ones = jnp.full((size,), 1.0 / size if average else 1.0, mat.dtype)
+      return jnp.dot(flat, ones, precision=lax.Precision.HIGHEST)
 
     w12 = w11 = w22 = None
-    if k.mask1 is not None:
-      from . import masking
+    if k.mask1 is not None or k.mask2 is not None:
+      masking.check_position_mask(name, k.mask1, k.channel_axis % ndim)
       w11, w12, w22 = masking.pair_weights(k)
     return k.replace(
         nngp=f(k.nngp, k.batch_ndim, w12),
@@ -240,9 +257,15 @@ def _global_pool_layer(name: str, batch_axis: int, channel_axis: int,
         channel_axis=1 if batch_first else 0, is_reversed=False,
         mask1=None, mask2=None)
 
+  def mask_fn(mask, input_shape):
+    ndim = len(input_shape)
+    masking.check_position_mask(name, mask, channel_axis % ndim)
+    return jnp.all(mask, _spatial_axes_of(ndim, batch_axis, channel_axis))
+
   return init_fn, apply_fn, rule, Requirements(
       readout=True, diagonal_spatial_ok=False, blocker=name,
-      batch_axis=batch_axis, channel_axis=channel_axis)
+      batch_axis=batch_axis, channel_axis=channel_axis), masking.MaskRule(
+          mask_fn, remask=False)
 
 
 @layer

@@ -21,11 +21,15 @@ Only the trailing spatial axes are touched, so the same code runs on full
 ``(N1, N2)``, sample-diagonal ``(N1,)`` and packed ``(N(N+1)/2,)`` batch
 layouts.
 
-Speed: the diagonal stencil is a sum of strided slices of the padded
-covariance (``f`` per spatial axis). XLA fuses the slices, the sum and the
-following elementwise activation into one loop over memory, which on CPU
-profiled ~5x faster than `lax.conv_general_dilated` with a 0/1 ``f x f``
-filter over the zipped ``(X, X')`` plane (1 input channel, 7 of 9 taps zero).
+Speed and memory (profiled on CPU, 4-layer CNN on 8x8 images): the diagonal
+stencil over a zipped pair ``(x, x')`` is a `lax.reduce_window` on the
+flattened pair with window dilation ``X + 1`` (the step ``(1, 1)``), one axis
+pair at a time. That was ~5x faster than `lax.conv_general_dilated` with a
+0/1 ``f x f`` filter over the ``(X, X')`` plane (1 input channel, most taps
+zero). A plain sum of shifted slices was as fast but let XLA re-fuse each
+layer's elementwise work into the next layer's fusions, keeping every
+layer's buffers alive (4.6x the temporary memory); the reduce-window
+boundary materializes each layer once.
 """
 from __future__ import annotations
 
@@ -225,11 +229,35 @@ def conv(mat, batch_ndim: int, windows: Sequence[Window],
   axes = _spatial_axes(mat, batch_ndim, diagonal_spatial)
   for ax, w in zip(axes, windows):
     p = pad_axes(mat, ax, w)
-    out = _slice(p, ax, 0, w)
-    for d in range(1, w.size):
-      out = out + _slice(p, ax, d, w)
+    if len(ax) == 2 and w.stride == 1:
+      out = _diagonal_window_sum(p, ax[0], w)
+    else:
+      terms = [_slice(p, ax, d, w) for d in range(w.size)]
+      out = jnp.sum(jnp.stack(terms), axis=0)
     mat = fold_axes(out / w.size, ax, w)
   return mat
+
+
+def _diagonal_window_sum(p, a: int, w: Window):
+  """``sum_d p[o + d, o' + d]`` over the adjacent axes ``(a, a + 1)`` of the
+  padded ``p``: flattening the pair turns the diagonal step ``(1, 1)`` into a
+  step of ``m + 1`` (``m`` the padded size), i.e. a `lax.reduce_window` with
+  window dilation ``m + 1``."""
+  m = p.shape[a]
+  flat = p.reshape(p.shape[:a] + (m * m,) + p.shape[a + 2:])
+  dims = [1] * flat.ndim
+  dil = [1] * flat.ndim
+  dims[a], dil[a] = w.size, m + 1
+  out = lax.reduce_window(flat, jnp.zeros((), p.dtype), lax.add, dims,
+                          [1] * flat.ndim, "VALID", window_dilation=dil)
+  # Flat position o * m + o' holds the sum for (o, o'); keep o, o' < out.
+  length = out.shape[a]
+  n_out = w.raw_out
+  out = lax.pad(out, jnp.zeros((), out.dtype),
+                [(0, 0, 0)] * a + [(0, n_out * m - length, 0)] +
+                [(0, 0, 0)] * (out.ndim - a - 1))
+  out = out.reshape(out.shape[:a] + (n_out, m) + out.shape[a + 1:])
+  return lax.slice_in_dim(out, 0, n_out, 1, a + 1)
 
 
 def pool(mat, batch_ndim: int, windows: Sequence[Window]):
