@@ -103,7 +103,7 @@ def auto_ntk_fn(f: Callable, trace_axes=(-1,), diagonal_axes=(),
     args = tree_map(_sds, (x1, x2, params, arrays),
                     is_leaf=lambda v: v is None)
     costs, timed = {}, False
-    compiled_by = {}
+    compiled_by, errors = {}, []
     for impl in _CANDIDATES:
       fn = fns[impl]
       try:
@@ -112,12 +112,12 @@ def auto_ntk_fn(f: Callable, trace_axes=(-1,), diagonal_axes=(),
                 *args).compile()
       except Exception as e:  # noqa: BLE001 -- skip a method that fails
         log.info("AUTO: %s failed to compile: %s", impl.name, e)
+        errors.append(e)
         continue
       compiled_by[impl] = compiled
       costs[impl] = _estimate(compiled)
-    if not compiled_by:
-      raise ValueError("AUTO: no NTK implementation compiles for these "
-                       "inputs; try implementation=1 for the error.")
+    if not compiled_by:  # the inputs are wrong: report the first error
+      raise errors[0]
     if any(c is None for c in costs.values()):
       timed = True
       costs = {i: _time(c, args) for i, c in compiled_by.items()}

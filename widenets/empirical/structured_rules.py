@@ -220,7 +220,10 @@ def jacobian(df: Sequence, eqn, invals: Sequence, pos: int, n_lead: int,
     if probe is not None:
       return _flat_apply(lambda c: rule(c, invals, pos, eqn.params), df[0],
                          n_lead)
-  if use_rules and name not in _STRUCTURED_VJP and name not in _warned:
+  # A rule that declines (e.g. interior padding) falls back silently: its
+  # VJP is still structured (a strided slice).
+  if (use_rules and rule is None and name not in _STRUCTURED_VJP and
+      name not in _warned):
     _warned.add(name)
     warnings.warn(
         f"Structured derivatives: no structure rule for primitive {name!r}; "
