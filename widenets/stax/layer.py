@@ -441,6 +441,13 @@ def inputs_to_kernel(x1, x2, *, diagonal_batch: bool, diagonal_spatial: bool,
   else:
     cov1 = cov(a, a, diagonal_batch)
   cov2 = None if b is None else cov(b, b, diagonal_batch)
+  if b is not None and a.shape == b.shape:
+    # x2 passed equal to x1: take the same numbers from nngp's diagonal too,
+    # so x2=x1 gives x2=None's kernel to round-off instead of sqrt(eps).
+    same = (jnp.moveaxis(jnp.diagonal(nngp, axis1=0, axis2=1), -1, 0)
+            if diagonal_batch else nngp)
+    cov1 = jnp.where(x1_is_x2, same, cov1)
+    cov2 = jnp.where(x1_is_x2, same, cov2)
   ntk = jnp.zeros((), nngp.dtype) if compute_ntk else None
   k = Kernel(
       nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2,

@@ -144,5 +144,19 @@ def sine_and_angle(cov, var1, var2):
   FMA round-off whose square root is ``sqrt(eps)``.
   """
   s = safe_sqrt(var1 * var2)
-  root = safe_sqrt((s - cov) * (s + cov))
+  # A correlation within a few ulps of +-1 is round-off of an exact +-1 (the
+  # same input reached through differently fused ops, e.g. ``x2 = x1`` passed
+  # explicitly, where cov1 and nngp's diagonal drift apart by an ulp per
+  # layer); the square root of such a gap is sqrt(eps)-sized noise that deep
+  # networks amplify. Snap it to exactly +-1.
+  tol = _SNAP_ULPS * jnp.finfo(jnp.result_type(cov, float)).eps * s
+  minus = jnp.where(s - cov <= tol, 0.0, s - cov)
+  plus = jnp.where(s + cov <= tol, 0.0, s + cov)
+  root = safe_sqrt(minus * plus)
   return root, safe_arctan2(root, cov)
+
+
+# Gaps (in units of eps * sqrt(var1 var2)) treated as round-off by
+# `sine_and_angle`: a true angle below sqrt(2 * 8 eps) (~1e-3 in float32) is
+# not resolvable from float32 covariances anyway.
+_SNAP_ULPS = 8
