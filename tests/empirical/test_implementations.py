@@ -182,3 +182,19 @@ def test_reduce_axes_reference_itself():
                              np.einsum("ajbj->ab", t) / 3)
   np.testing.assert_allclose(reduce_axes(t, 2, (), (0,)),
                              np.einsum("ajak->ajk", t))
+
+
+def test_non_array_kwargs_are_passed_through():
+  params = (jnp.ones((3, 2)),)
+
+  def f(p, x, mode="train", scale=1.0):
+    assert isinstance(mode, str)
+    return (x @ p[0]) * (2. if mode == "train" else 1.) * scale
+
+  x = inputs((4, 3), 0)
+  ref = reference_ntk(f, params, x, None, (-1,), (), mode="test", scale=0.5)
+  for impl in IMPLS:
+    for vmap_axes in (None, 0):
+      got = nt.empirical_ntk_fn(f, vmap_axes=vmap_axes, implementation=impl)(
+          x, None, params, mode="test", scale=0.5)
+      _close(got, ref)

@@ -242,13 +242,22 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
     same = C.all_none(x2)
     fx2 = fx1 if same else C.check_params(f, params, x2, kw2)
     spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
-    keys = tuple(kwargs)
+    # Non-array kwargs (flags, modes) are closed over: they cannot be jaxpr
+    # inputs. They must be the same for x1 and x2.
+    static = {k: v for k, v in kw1.items() if not _all_arrays(v)}
+    if any(not _all_arrays(kw2[k]) and kw2[k] is not v and kw2[k] != v
+           for k, v in static.items()):
+      from .jacobian import jacobian_contraction_ntk_fn
+      return jacobian_contraction_ntk_fn(f, trace_axes, diagonal_axes,
+                                         vmap_axes)(x1, x2, params, **kwargs)
+    keys = tuple(k for k in kwargs if k not in static)
+    f_static = (lambda p, x, **kw: f(p, x, **kw, **static)) if static else f
     p_leaves, p_tree = jax.tree_util.tree_flatten(params)
     n_params = len(p_leaves)
     if spec.active:
-      g = C.per_sample_fn(f, spec, keys)
+      g = C.per_sample_fn(f_static, spec, keys)
     else:
-      g = lambda p, x, *args: f(p, x, **dict(zip(keys, args)))
+      g = lambda p, x, *args: f_static(p, x, **dict(zip(keys, args)))
 
     def flat_g(pl, x, *args):
       out = g(jax.tree_util.tree_unflatten(p_tree, pl), x, *args)
@@ -316,6 +325,12 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fx1), out)
 
   return ntk_fn
+
+
+def _all_arrays(v) -> bool:
+  leaves = jax.tree_util.tree_leaves(v)
+  return bool(leaves) and all(
+      isinstance(l, (jax.Array, np.ndarray, np.generic)) for l in leaves)
 
 
 def _sds(a):
