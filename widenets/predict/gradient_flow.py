@@ -264,9 +264,8 @@ def gradient_descent_mse_ensemble(
     missing = tuple(g for g in deps if g not in k_dd_cache)
     if missing:
       with jax.ensure_compile_time_eval():
-        k = kernel_fn(x_train, None, missing, **kernel_fn_train_train_kwargs)
-      for g in missing:
-        k_dd_cache[g] = getattr(k, g)
+        k_dd_cache.update(_call(kernel_fn, x_train, None, missing,
+                                kernel_fn_train_train_kwargs))
       check_train(k_dd_cache[missing[0]], y_train, layout,
                   name=f"kernel_fn(x_train, None, {missing[0]!r})")
     return {g: k_dd_cache[g] for g in deps}
@@ -283,8 +282,7 @@ def gradient_descent_mse_ensemble(
     else:
       kw_td, kw_tt = _split_test_train_kwargs(kernel_fn_train_train_kwargs,
                                               kernel_fn_test_test_kwargs)
-      k_td = kernel_fn(x_test, x_train, deps, **kw_td)
-      k_td = {g: getattr(k_td, g) for g in deps}
+      k_td = _call(kernel_fn, x_test, x_train, deps, kw_td)
       nngp_tt = (kernel_fn(x_test, None, "nngp", **kw_tt) if compute_cov
                  else None)
 
@@ -321,6 +319,16 @@ def gradient_descent_mse_ensemble(
     return pack_get(out, get, single)
 
   return predict_fn
+
+
+def _call(kernel_fn, x1, x2, get: tuple, kwargs: dict) -> dict:
+  """``{name: matrix}``; a single name is asked for as a string (as
+  neural-tangents does), so kernel functions returning arrays work."""
+  if len(get) == 1:
+    k = kernel_fn(x1, x2, get[0], **kwargs)
+    return {get[0]: k if is_array(k) else getattr(k, get[0])}
+  k = kernel_fn(x1, x2, get, **kwargs)
+  return {g: getattr(k, g) for g in get}
 
 
 class _Pair:
