@@ -1,6 +1,12 @@
 """Batching workloads: widenets vs neural-tangents 0.6.5.
 
-``WORKLOADS = {name: make}``; ``make(lib)`` (``lib``: the module ``widenets``
+``def relu20_dask_cluster_processes(lib):
+  """The same on a 2-worker LocalCluster of worker processes (results travel
+  between processes)."""
+  return relu20_dask_cluster(lib, processes=True)
+
+
+WORKLOADS = {name: make}``; ``make(lib)`` (``lib``: the module ``widenets``
 or ``neural_tangents``) builds the network and inputs and returns a
 zero-argument callable that computes the kernel once (the first call
 compiles). Workloads that need widenets-only features (Dask) return None for
@@ -69,14 +75,15 @@ def relu20_dask_threads(lib):
   return run
 
 
-def relu20_dask_cluster(lib):
-  """The same Dask array on a 2-worker LocalCluster (processes, one thread
-  each)."""
+def relu20_dask_cluster(lib, processes=False):
+  """The same Dask array on a 2-worker LocalCluster (one thread each;
+  workers in this process)."""
   if lib.__name__ != "widenets":
     return None
   from widenets.scale import kernel_array, local_client
   kernel_fn, x = _relu20(lib), _inputs()
-  client = local_client(2, processes=True, dashboard_address=None)
+  client = local_client(2, processes=processes, dashboard_address=None,
+                        silence_logs=40)
 
   def run():
     return kernel_array(kernel_fn, x, None, "ntk", BATCH).compute(
@@ -85,11 +92,18 @@ def relu20_dask_cluster(lib):
   return run
 
 
+def relu20_dask_cluster_processes(lib):
+  """The same on a 2-worker LocalCluster of worker processes (results travel
+  between processes)."""
+  return relu20_dask_cluster(lib, processes=True)
+
+
 WORKLOADS = {
     "relu20_batch500": relu20_batch500,
     "relu20_unbatched": relu20_unbatched,
     "relu20_dask_threads": relu20_dask_threads,
     "relu20_dask_cluster": relu20_dask_cluster,
+    "relu20_dask_cluster_processes": relu20_dask_cluster_processes,
 }
 
 
