@@ -39,6 +39,12 @@ def test_analytic_equals_unbatched(x2, get, batch_size):
   assert_same(KF(X, x2, get), bf(X, x2, get))
 
 
+def test_get_as_keyword_and_export():
+  assert nt.batch is batch
+  np.testing.assert_allclose(batch(KF, 4)(X, get="ntk"), KF(X, get="ntk"),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_batch_size_larger_than_data():
   bf = batch(KF, 50)
   assert_same(KF(X, Y), bf(X, Y))

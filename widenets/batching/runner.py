@@ -8,7 +8,7 @@ import collections
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import operator
 import threading
 import uuid
-from typing import Optional, Union
+from typing import Union
 
 import jax
 import numpy as np
