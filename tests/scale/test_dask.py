@@ -96,6 +96,7 @@ def test_local_cluster_survives_killed_worker():
         if sum(len(v) for v in client.has_what().values()) >= 3:
           break
         time.sleep(0.1)
+      assert not fut.done()  # killed mid-job
       os.kill(next(iter(pids.values())), signal.SIGKILL)  # a worker dies
       result = fut.result(timeout=240)
   close(result, KF(X, None, "ntk"))
