@@ -1,12 +1,6 @@
 """Batching workloads: widenets vs neural-tangents 0.6.5.
 
-``def relu20_dask_cluster_processes(lib):
-  """The same on a 2-worker LocalCluster of worker processes (results travel
-  between processes)."""
-  return relu20_dask_cluster(lib, processes=True)
-
-
-WORKLOADS = {name: make}``; ``make(lib)`` (``lib``: the module ``widenets``
+``WORKLOADS = {name: make}``; ``make(lib)`` (``lib``: the module ``widenets``
 or ``neural_tangents``) builds the network and inputs and returns a
 zero-argument callable that computes the kernel once (the first call
 compiles). Workloads that need widenets-only features (Dask) return None for
@@ -90,6 +84,12 @@ def relu20_dask_cluster(lib, processes=False):
         scheduler=client)
   run.client = client
   return run
+
+
+def relu20_dask_cluster_processes(lib):
+  """The same on a 2-worker LocalCluster of worker processes (results travel
+  between processes)."""
+  return relu20_dask_cluster(lib, processes=True)
 
 
 def relu20_dask_cluster_processes(lib):
