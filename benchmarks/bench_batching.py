@@ -92,12 +92,6 @@ def relu20_dask_cluster_processes(lib):
   return relu20_dask_cluster(lib, processes=True)
 
 
-def relu20_dask_cluster_processes(lib):
-  """The same on a 2-worker LocalCluster of worker processes (results travel
-  between processes)."""
-  return relu20_dask_cluster(lib, processes=True)
-
-
 WORKLOADS = {
     "relu20_batch500": relu20_batch500,
     "relu20_unbatched": relu20_unbatched,
