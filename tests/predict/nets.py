@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+
+
+def ravel_pytree(tree):
+  """``(flat vector, unravel)`` of a pytree of arrays."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  shapes = [x.shape for x in leaves]
+  sizes = [x.size for x in leaves]
+
+  def unravel(flat):
+    out, i = [], 0
+    for shape, size in zip(shapes, sizes):
+      out.append(flat[i:i + size].reshape(shape))
+      i += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+  return jnp.concatenate([x.reshape(-1) for x in leaves]), unravel
 
 
 def mse(f, y):

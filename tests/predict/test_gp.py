@@ -99,6 +99,14 @@ def test_get_conventions(problem):
   assert mean_only.shape == (6, 2)
   rev = pf(("ntk", "nngp"), problem["k_td"])
   assert rev._fields == ("ntk", "nngp")
+  # Full `Kernel` objects work like namedtuples.
+  pk = predict.gp_inference(problem["kernel_fn"](problem["x_train"], None),
+                            problem["y_train"], 1e-3)
+  out_k = pk("ntk", problem["kernel_fn"](problem["x_test"],
+                                         problem["x_train"]),
+             problem["kernel_fn"](problem["x_test"], None))
+  np.testing.assert_allclose(out_k.covariance, both.ntk.covariance,
+                             rtol=1e-5, atol=1e-6)
   # Arrays for k_train_train work for a single kernel kind.
   pa = predict.gp_inference(problem["k_dd"].nngp, problem["y_train"], 1e-3)
   np.testing.assert_allclose(pa("nngp", problem["k_td"].nngp),

@@ -16,9 +16,10 @@ modules is plain linear algebra on ``(n, n)`` and ``(n, c)`` matrices.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,19 @@ def is_concrete(x) -> bool:
   except (jax.errors.ConcretizationTypeError,
           jax.errors.TracerArrayConversionError):
     return False
+
+
+def eval_context():
+  """`jax.ensure_compile_time_eval` only when called inside a trace.
+
+  Cached factorizations of concrete kernels are then computed eagerly even
+  when a ``predict_fn`` is first called under `jit` (so they can be reused by
+  later calls). Outside a trace it is not used: under it, jitted helpers
+  would capture the (large) kernels as compile-time constants.
+  """
+  if is_concrete(jnp.zeros(()) + 1):
+    return contextlib.nullcontext()
+  return jax.ensure_compile_time_eval()
 
 
 def canonicalize_axes(axes: Axes, ndim: int, name: str = "trace_axes"

@@ -36,7 +36,7 @@ import functools
 import math
 import time
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 
 from . import solvers
 from ._common import (Axes, Layout, canonicalize_get, check_diag_reg,
-                      check_test_train, check_train, first_kernel, from_2d,
-                      get_kernel, is_array, kernel_dependencies, pack_get,
-                      to_2d)
+                      check_test_train, check_train, eval_context,
+                      from_2d, get_kernel, is_array,
+                      kernel_dependencies, pack_get, to_2d)
 
 __all__ = ["Gaussian", "gp_inference"]
 
@@ -68,7 +68,7 @@ class _Factors:
     if g not in self._cache:
       # Evaluate now even when called under `jit` of a concrete kernel, so
       # the factor is computed once and reused by later (traced) calls.
-      with jax.ensure_compile_time_eval():
+      with eval_context():
         self._cache[g] = self.solver.factor(self.matrix(g), self.diag_reg,
                                             self.absolute)
     return self._cache[g]
@@ -96,7 +96,7 @@ def _gp_inference(
 
   def alpha(g):
     if g not in k_inv_y:
-      with jax.ensure_compile_time_eval():
+      with eval_context():
         k_inv_y[g] = factors.solve(g, y2)
     return k_inv_y[g]
 

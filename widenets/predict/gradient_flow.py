@@ -32,13 +32,12 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import solvers
 from ._common import (ArrayOrScalar, Axes, Layout, canonicalize_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
-                      first_kernel, from_2d, is_array, kernel_dependencies,
-                      pack_get, to_2d)
+                      eval_context, first_kernel, from_2d, is_array,
+                      kernel_dependencies, pack_get, to_2d)
 from .gp import Gaussian, _gp_inference
 
 __all__ = ["gradient_descent_mse", "gradient_descent_mse_ensemble"]
@@ -76,7 +75,7 @@ class _Eigen:
 
   def __call__(self, key, k2d) -> solvers.Eigen:
     if key not in self._cache:
-      with jax.ensure_compile_time_eval():
+      with eval_context():
         self._cache[key] = solvers.Eigen.of(k2d, self.diag_reg, self.absolute,
                                             self.dtype)
     return self._cache[key]
@@ -125,7 +124,7 @@ def gradient_descent_mse(
 
   def factor():
     if "f" not in solve_inf:
-      with jax.ensure_compile_time_eval():
+      with eval_context():
         solve_inf["f"] = solvers.make_solver(solver).factor(
             k2d, diag_reg, diag_reg_absolute_scale)
     return solve_inf["f"]
@@ -263,7 +262,7 @@ def gradient_descent_mse_ensemble(
   def k_train_train(deps):
     missing = tuple(g for g in deps if g not in k_dd_cache)
     if missing:
-      with jax.ensure_compile_time_eval():
+      with eval_context():
         k_dd_cache.update(_call(kernel_fn, x_train, None, missing,
                                 kernel_fn_train_train_kwargs))
       check_train(k_dd_cache[missing[0]], y_train, layout,
