@@ -187,3 +187,16 @@ def test_feature_shape_mismatch():
   with pytest.raises(ValueError, match=r"same shape apart from the sample "
                      r"axis; got x1 \(9, 4, 3\) and x2 \(5, 4, 2\)"):
     batch(KF, 2)(X, Y[..., :2])
+
+
+def test_auto_batch_size_rule():
+  # bytes(b) = 1000 + 500 b^2: half of 1e9 bytes holds ~1000 x 1000 blocks.
+  cost = lambda b: 1000 + 500 * b * b
+  b = bdevices.auto_batch_size(cost, 10_000, 10**9)
+  assert 900 <= b <= 1000 and b % 8 == 0
+  assert bdevices.auto_batch_size(cost, 100, 10**9) == 100  # all fits
+  # Room kept for a result on the device shrinks the blocks, never to zero.
+  assert bdevices.auto_batch_size(cost, 10_000, 10**9,
+                                  result_bytes_per_pair=8) < b
+  assert bdevices.auto_batch_size(cost, 10_000, 10**9,
+                                  result_bytes_per_pair=80) >= 64

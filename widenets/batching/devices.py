@@ -110,7 +110,11 @@ def auto_batch_size(block_bytes, n_max: int, free: int,
     m2 = block_bytes(p2)
     per_pair = max((m2 - m1) / (p2**2 - p**2), m2 / p2**2 / 4, 1e-9)
     fixed = max(0.0, m1 - per_pair * p**2)
-  budget = fraction * free - result_bytes_per_pair * n_max**2 - fixed
+  # Room left after the assembled result (if it lives on this device); a
+  # result that barely fits still gets a fifth of the memory for blocks.
+  reserve = result_bytes_per_pair * n_max**2
+  avail = free - reserve if reserve < 0.8 * free else 0.2 * free
+  budget = fraction * avail - fixed
   if budget <= per_pair:
     return 1
   b = int(math.sqrt(budget / per_pair))
