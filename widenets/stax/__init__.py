@@ -5,14 +5,17 @@ NNGP and NTK of the network that ``init_fn``/``apply_fn`` describe.
 """
 from .activations import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical,
                           Erf, Exp, ExpNormalized, Gabor, Gaussian, Gelu,
-                          Hermite, LeakyRelu, MaxPool, Monomial, Polynomial,
-                          Rbf, RectifiedMonomial, Relu, Sigmoid_like, Sign,
-                          Sin)
+                          Hermite, LeakyRelu, MaxPool, Mish, Monomial,
+                          Polynomial, Rbf, RectifiedMonomial, Relu,
+                          Sigmoid_like, Sign, Silu, Sin, Softplus, Swish, Tanh)
+from .attention import (AttentionMechanism, GlobalSelfAttention,
+                        PositionalEmbedding)
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
 from .dense import Dense
 from .layer import KernelFn, Requirements, layer
+from .masking import MaskedArray, unmask_fn
 from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,
                       SumPool)
 from .stencil import Padding

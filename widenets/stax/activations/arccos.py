@@ -44,7 +44,8 @@ def ABRelu(a: float, b: float, do_stabilize: bool = False):
 
   return elementwise_layer(
       fn, f"ABRelu({a}, {b})", abrelu_rule(a, b),
-      prepare=homogeneous_rescale if do_stabilize else None)
+      prepare=homogeneous_rescale if do_stabilize else None,
+      may_overflow=True)
 
 
 def Relu(do_stabilize: bool = False):

@@ -40,8 +40,35 @@ def check_callable(name: str, arg: str, value, optional: bool = False) -> None:
         f"{type(value).__name__} {value!r}.")
 
 
+class KernelOverflowError(FloatingPointError):
+  """A kernel exceeded the float32 range."""
+
+
+def _raise_on_overflow(name: str, finite) -> None:
+  if not bool(finite):
+    raise KernelOverflowError(
+        f"{name}: the kernel overflowed float32 (the variances of this "
+        f"layer's outputs are infinite or NaN; e.g. a deep network with "
+        f"large W_std, whose kernel grows like (W_std**2 / 2)**depth). "
+        f"Enable float64 with jax.config.update('jax_enable_x64', True) "
+        f"before building inputs, or reduce W_std / depth.")
+
+
+def check_overflow(name: str, k: Kernel) -> None:
+  """In float32 (or narrower), raises `KernelOverflowError` when the output
+  variances are not finite. Checks ``cov1``/``cov2`` only (``O(N)``): by
+  Cauchy-Schwarz they are the largest entries, so they overflow first."""
+  if jnp.finfo(k.cov1.dtype).bits > 32:
+    return
+  finite = jnp.all(jnp.isfinite(k.cov1))
+  if k.cov2 is not None:
+    finite = finite & jnp.all(jnp.isfinite(k.cov2))
+  jax.debug.callback(functools.partial(_raise_on_overflow, name), finite)
+
+
 def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
-                      prepare: Optional[Callable] = None):
+                      prepare: Optional[Callable] = None,
+                      may_overflow: bool = False):
   """Builds an activation layer from ``fn`` and its pairwise kernel rule.
 
   Args:
@@ -53,6 +80,9 @@ def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
       ``None`` for ``cov1``/``cov2`` and when the NTK is not asked for).
     prepare: optional ``k -> (k, finish)``, run before the rule; ``finish``
       maps the output kernel back (used to rescale by a homogeneity factor).
+    may_overflow: the rule is unbounded (ReLU family, Exp, polynomials): in
+      float32, a non-finite output raises `KernelOverflowError` telling the
+      user to enable float64, instead of returning inf/NaN.
 
   Returns:
     ``(init_fn, apply_fn, kernel_fn)``.
@@ -72,6 +102,8 @@ def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
     k = covariance.map_pairwise(k, pair_rule)
     if finish is not None:
       k = finish(k)
+    if may_overflow:
+      check_overflow(name, k)
     return k.replace(is_gaussian=False)
 
   for f in (init_fn, apply_fn):

@@ -36,7 +36,7 @@ def Exp(a: float = 1.0, b: float = 1.0):
   """``a * exp(b * x)``. The kernel grows like ``exp(2 b**2 var)``: in
   float32 it overflows once a variance exceeds ``~44 / b**2``."""
   return elementwise_layer(lambda x: a * jnp.exp(b * x), f"Exp({a}, {b})",
-                           exp_rule(a, b))
+                           exp_rule(a, b), may_overflow=True)
 
 
 def gaussian_rule(a: float, b: float):

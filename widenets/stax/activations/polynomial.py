@@ -92,7 +92,8 @@ def Polynomial(coef: Sequence[float]):
   coef = [float(c) for c in np.asarray(coef, dtype=float).reshape(-1)]
   def fn(x):
     return _horner(coef, x) if coef else jnp.zeros_like(x)
-  return elementwise_layer(fn, f"Polynomial({coef})", polynomial_rule(coef))
+  return elementwise_layer(fn, f"Polynomial({coef})", polynomial_rule(coef),
+                           may_overflow=True)
 
 
 def Monomial(degree: int):
@@ -104,7 +105,7 @@ def Monomial(degree: int):
                       f"of higher degree.")
   coef = [0.0] * degree + [1.0]
   return elementwise_layer(lambda x: x**degree, f"Monomial({degree})",
-                           polynomial_rule(coef))
+                           polynomial_rule(coef), may_overflow=True)
 
 
 def Hermite(degree: int):
@@ -209,4 +210,5 @@ def RectifiedMonomial(degree: int):
     return new, ntk
 
   return elementwise_layer(lambda x: (x >= 0) * x**degree,
-                           f"RectifiedMonomial({degree})", pair_rule)
+                           f"RectifiedMonomial({degree})", pair_rule,
+                           may_overflow=True)

@@ -36,6 +36,9 @@ def gauss_hermite(deg: int):
   if not isinstance(deg, (int, np.integer)) or deg < 1:
     raise ValueError(f"Gauss-Hermite quadrature needs an integer deg >= 1; "
                      f"got {deg!r}.")
+  if deg > 350:
+    raise ValueError(f"Gauss-Hermite weights underflow beyond deg = 350; got "
+                     f"{deg}.")
   return np.polynomial.hermite.hermgauss(int(deg))
 
 
