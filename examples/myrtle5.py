@@ -30,7 +30,7 @@ def myrtle5(width=128, W_std=2 ** 0.5, b_std=0.0):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--small", action="store_true", help="20 train / 10 test")
+  p.add_argument("--small", action="store_true", help="12 train / 6 test")
   args = p.parse_args(argv)
   missing = [n for n in ("Conv", "AvgPool", "GlobalAvgPool")
              if not hasattr(stax, n)]
@@ -39,7 +39,7 @@ def main(argv=None):
           f"yet (convolutional layers).")
     return 0
   from widenets.batching import batch
-  n_train, n_test = (20, 10) if args.small else (300, 200)
+  n_train, n_test = (12, 6) if args.small else (300, 200)
   x_train, y_train, x_test, y_test = load_digits(n_train, n_test)
   kernel_fn = batch(myrtle5()[2], 20)
   start = time.perf_counter()

@@ -14,13 +14,13 @@ from widenets import evaluate as ev  # noqa: E402
 
 
 def test_small_digits_run_is_far_above_chance():
-  data = ev.load_digits(100, 100)
+  data = ev.load_digits(80, 60)
   rows = ev.evaluate({k: ev.DEFAULT_ARCHITECTURES[k] for k in ("FC",
                                                                "CNN-GAP")},
                      data, times=(1000., math.inf))
   acc = {(r.architecture, r.kernel): r.accuracy for r in rows}
   for key, a in acc.items():
-    assert a["inf"] >= 0.90, (key, a)  # measured 95-97%
+    assert a["inf"] >= 0.85, (key, a)  # measured 91.7-96.7%
     assert a["1000"] <= a["inf"] + 0.03  # early stopping is not better here
   md = ev.to_markdown(rows)
   assert md.startswith("| architecture | kernel | t=1000 | t=inf |")
