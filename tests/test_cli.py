@@ -104,6 +104,15 @@ def test_bad_input_gives_one_clear_line(tmp_path):
                                  cwd=tmp_path))  # activation on raw inputs
 
 
+def test_demo_subcommand_rejects_bad_options_in_one_line(capsys):
+  from widenets import cli
+  assert cli.main(["demo", "--times", "ten", "--out", ""]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--times" in err[0] and "Traceback" not in err[0]
+  assert cli.main(["demo", "--nets", "1", "--out", ""]) == 2
+  assert "--nets" in capsys.readouterr().err
+
+
 def test_evaluate_small_writes_a_markdown_table(tmp_path):
   r = widenets("evaluate", "--train", "40", "--test", "30", "--only", "FC",
                "--times", "100,inf", "--out", "res.md", cwd=tmp_path)
