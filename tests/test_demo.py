@@ -15,9 +15,11 @@ def test_demo_small_agrees_and_writes_the_figure(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert "mean gap" in printed and "width 256" in printed
   # 30 nets: Monte-Carlo noise alone is ~0.18 (mean) and ~0.13 (std) of the
-  # spread; width 256 adds a finite-width bias of about 0.1-0.2 to the mean.
+  # spread per function-space mode, and the same nets serve every t, so the
+  # gaps move together; width 256 adds a finite-width bias of about 0.1-0.2
+  # to the mean. Measured (seed 0): mean 0.18-0.28, std 0.29-0.39.
   assert max(r.mean_gap) < 0.6, r.mean_gap
-  assert max(r.std_gap) < 0.4, r.std_gap
+  assert max(r.std_gap) < 0.55, r.std_gap
   assert r.trained_times == [0.0, 10.0, 100.0]
 
 
@@ -36,3 +38,13 @@ def test_bad_times_are_rejected():
   with pytest.raises(ValueError, match="increasing"):
     demo.run(times=(100, 10), n_nets=2, width=8, out=None, verbose=False)
   assert demo.main(["--times", "ten", "--out", ""]) == 2
+
+
+@pytest.mark.slow
+def test_demo_full_size_agrees_within_monte_carlo_noise(tmp_path):
+  r = demo.run(out=str(tmp_path / "demo.png"), verbose=False)
+  # Measured (100 nets of width 512, seed 0): mean 0.15-0.19, std 0.04-0.09;
+  # Monte-Carlo noise alone is ~0.10 and ~0.07.
+  assert r.n_nets == 100 and r.width == 512
+  assert max(r.mean_gap) < 0.35, r.mean_gap
+  assert max(r.std_gap) < 0.2, r.std_gap
