@@ -198,3 +198,14 @@ def test_non_array_kwargs_are_passed_through():
       got = nt.empirical_ntk_fn(f, vmap_axes=vmap_axes, implementation=impl)(
           x, None, params, mode="test", scale=0.5)
       _close(got, ref)
+
+
+def test_ntk_vector_products_in_sample_chunks(monkeypatch):
+  from widenets.empirical import ntk_vp
+  monkeypatch.setattr(ntk_vp, "_ROWS_PER_CHUNK", 8)
+  f, params, s1, s2 = MODELS["fc"]()
+  x1, x2 = inputs(s1, 0), inputs(s2, 1)
+  for trace_axes in ((-1,), ()):
+    got = nt.empirical_ntk_fn(f, trace_axes, vmap_axes=0, implementation=2)(
+        x1, x2, params)
+    _close(got, reference_ntk(f, params, x1, x2, trace_axes, ()))

@@ -51,6 +51,38 @@ def _rows(vjp_fn, fx_out, f2, params, index: int, shape, dtype):
   return r.reshape(tuple(shape) + r.shape[1:])
 
 
+# Rows (tangent x output entries of f(x2)) pushed through one batched JVP:
+# bounds the memory of the vmapped tangents, which otherwise grows as
+# N1 * K * N2 activations (and is slow for batched-kernel convolutions).
+_ROWS_PER_CHUNK = 1 << 15
+
+
+def _map_samples(fn, in_axes, args, rows: int):
+  """``vmap(fn, in_axes)(*args)`` in chunks of samples (``lax.map`` with a
+  batch size) when every input leaf is batched, else a plain vmap."""
+  leaves_axes = [jax.tree_util.tree_leaves(a) if a is not None else [None]
+                 for a in in_axes]
+  all_mapped = all(ax is not None for axs in leaves_axes for ax in axs) or \
+      all(a is None for a in in_axes[1:]) and in_axes[0] is not None and \
+      all(ax is not None for ax in leaves_axes[0])
+  n = jax.tree_util.tree_leaves(args[0])[0].shape[
+      jax.tree_util.tree_leaves(in_axes[0])[0]]
+  size = max(1, min(n, _ROWS_PER_CHUNK // max(rows, 1)))
+  if not all_mapped or size >= n:
+    return jax.vmap(fn, in_axes=in_axes)(*args)
+  mapped = [i for i, a in enumerate(in_axes) if a is not None]
+  moved = [tree_map(lambda v, ax: jnp.moveaxis(v, ax, 0), args[i], in_axes[i])
+           for i in mapped]
+
+  def body(slices):
+    full = list(args)
+    for i, v in zip(mapped, slices):
+      full[i] = v
+    return fn(*full)
+
+  return jax.lax.map(body, moved, batch_size=size)
+
+
 def _trace_and_diagonal(r, ndim: int, trace_axes, diagonal_axes):
   """Takes traces/diagonals of ``r`` of shape ``fx1.shape + fx2.shape``."""
   trace_axes = C.canonical_axes(trace_axes, ndim, "trace_axes")
@@ -95,8 +127,9 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
           shape = jax.tree_util.tree_leaves(fx_s)[i].shape
           return _rows(vjp_fn, fx_s, f2, params, i, shape, l1.dtype)
 
-        r = jax.vmap(per_sample, in_axes=C.vmap_in_axes(spec, keys))(
-            x1, *[kw1[k] for k in keys])
+        r = _map_samples(per_sample, C.vmap_in_axes(spec, keys),
+                         [x1] + [kw1[k] for k in keys],
+                         rows=l1.size // l1.shape[axis] * l2.size)
         r = jnp.moveaxis(r, 0, axis)
       out.append(_trace_and_diagonal(r, len(l1.shape), trace_axes,
                                      diagonal_axes))
