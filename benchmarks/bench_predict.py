@@ -31,12 +31,14 @@ N_OUT = 10
 DIM = 32
 
 
-def _data(n_train=N_TRAIN, n_test=N_TEST, seed=0):
+def _data(n_train=N_TRAIN, n_test=N_TEST, seed=0, with_test=False):
   rs = np.random.RandomState(seed)
   x_train = rs.randn(n_train, DIM).astype(np.float32)
   x_test = rs.randn(n_test, DIM).astype(np.float32)
   w = rs.randn(DIM, N_OUT).astype(np.float32) / np.sqrt(DIM)
   y_train = np.sin(2 * x_train @ w).astype(np.float32)
+  if with_test:
+    return x_train, x_test, y_train, np.sin(2 * x_test @ w)
   return x_train, x_test, y_train
 
 
@@ -131,10 +133,8 @@ def cg_benchmark(n_train: int = 20_000, n_test: int = 2_000,
   import widenets
   predict = widenets.predict
   kernel_fn = _kernel_fn(widenets)
-  x_train, x_test, y_train = _data(n_train, n_test, seed=1)
-  rs = np.random.RandomState(1)
-  w = rs.randn(DIM, N_OUT).astype(np.float32) / np.sqrt(DIM)
-  y_test = np.sin(2 * x_test @ w)
+  x_train, x_test, y_train, y_test = _data(n_train, n_test, seed=1,
+                                           with_test=True)
 
   t0 = time.perf_counter()
   k_dd = np.empty((n_train, n_train), np.float32)
@@ -151,7 +151,7 @@ def cg_benchmark(n_train: int = 20_000, n_test: int = 2_000,
     mse = float(np.mean((np.asarray(mean) - y_test) ** 2))
     acc = float(np.mean(np.argmax(np.asarray(mean), 1) ==
                         np.argmax(y_test, 1)))
-    print(f"{name:34s} {seconds:7.1f}s  test MSE {mse:.5f}  argmax-acc "
+    print(f"{name:30s} {seconds:7.1f}s  test MSE {mse:.5f}  argmax-acc "
           f"{acc:.4f} {extra}", flush=True)
     return mse, acc
 
@@ -161,10 +161,9 @@ def cg_benchmark(n_train: int = 20_000, n_test: int = 2_000,
   t_chol = time.perf_counter() - t0
   report("cholesky float32", ref, t_chol)
   rows = []
-  for pc, rank in (("nystrom", 500), ("nystrom", 1000), ("block_jacobi", 0),
-                   (None, 0)):
+  for pc, rank in (("nystrom", 500), ("block_jacobi", 0)):
     cg = predict.CG(tol=1e-5, preconditioner=pc, rank=rank or 512,
-                    block_size=2_000, maxiter=2_000)
+                    block_size=2_000, maxiter=400)
     t0 = time.perf_counter()
     mean = predict.gp_inference(k, y_train, diag_reg=diag_reg, solver=cg)(
         "nngp", k_td)

@@ -84,6 +84,27 @@ def test_nan_scenarios_give_finite_answers(singular):
   assert bool(jnp.all(jnp.isfinite(out.covariance)))
 
 
+def test_cnn_gap_nngp_at_zero_diag_reg():
+  """neural-tangents issue #128's setting: CNN + global average pooling
+  NNGP, diag_reg=0, a repeated image (an exactly singular kernel)."""
+  _, _, kernel_fn = stax.serial(
+      stax.Conv(64, (3, 3), padding="SAME", W_std=1.5, b_std=0.05),
+      stax.Relu(), stax.Conv(64, (3, 3), padding="SAME", W_std=1.5),
+      stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+  x = jax.random.normal(jax.random.PRNGKey(5), (9, 6, 6, 1))
+  x = jnp.concatenate([x, x[:2]])
+  y = jnp.mean(x, axis=(1, 2))
+  with pytest.warns(RuntimeWarning, match="used an absolute regularizer"):
+    out = predict.gradient_descent_mse_ensemble(kernel_fn, x, y)(
+        None, x[:3] + 0.1, "nngp", compute_cov=True)
+  assert bool(jnp.all(jnp.isfinite(out.mean)))
+  assert bool(jnp.all(jnp.isfinite(out.covariance)))
+  with pytest.raises(ValueError, match="not positive definite"):
+    predict.gradient_descent_mse_ensemble(
+        kernel_fn, x, y, solver=predict.Cholesky(on_failure="raise"))(
+        None, x[:3] + 0.1, "nngp")
+
+
 def test_nan_kernel_is_a_clear_error():
   k = jnp.eye(4).at[1, 2].set(jnp.nan)
   with pytest.raises(ValueError, match="NaN or inf"):
