@@ -222,6 +222,7 @@ def gradient_descent_mse_ensemble(
     diag_reg: float = 0.,
     diag_reg_absolute_scale: bool = False,
     trace_axes: Axes = (-1,),
+    *,
     solver: Any = None,
     **kernel_fn_train_train_kwargs,
 ) -> Callable:
