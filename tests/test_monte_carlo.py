@@ -108,3 +108,14 @@ def test_mc_bad_batch_size(data):
                                 batch_size=4)
   with pytest.raises(ValueError, match="batch_size"):
     mc(x1, None, "nngp")
+
+
+def test_mc_all_implementations_agree(data):
+  x1, x2 = data
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(16, b_std=0.1), stax.Erf(),
+                                     stax.Dense(3))
+  ests = [nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(1),
+                                   4, vmap_axes=0, implementation=i)(
+                                       x1, x2, "ntk") for i in (1, 2, 3, 0)]
+  for e in ests[1:]:
+    np.testing.assert_allclose(e, ests[0], rtol=1e-4, atol=1e-5)
