@@ -106,12 +106,14 @@ def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
       check_overflow(name, k)
     return k.replace(is_gaussian=False)
 
+  from ..masking import masked_apply  # mask_constant / MaskedArray inputs
+  apply_fn = masked_apply(apply_fn, None)
   for f in (init_fn, apply_fn):
     f.__name__ = name
   # Built by hand rather than with `@layer`, so that the layer's name in
   # messages is ``name`` itself.
   return init_fn, apply_fn, KernelFn(rule, Requirements(), name,
-                                     init_fn=init_fn)
+                                     init_fn=init_fn, masks=True)
 
 
 def homogeneous_rescale(k: Kernel):
