@@ -19,4 +19,4 @@ from .masking import MaskedArray, unmask_fn
 from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,
                       SumPool)
 from .stencil import Padding
-from .structural import Dropout, Identity
+from .structural import Dropout, Identity, Index, LayerNorm, Slice
