@@ -159,6 +159,7 @@ def test_fan_in_concat_spatial(diagonal_spatial):
     np.testing.assert_allclose(k.cov1[:, 3:, 3:], kb.cov1)
 
 
+@pytest.mark.slow
 def test_fan_in_concat_spatial_then_flatten_matches_monte_carlo():
   net = stax.serial(
       stax.FanOut(2),

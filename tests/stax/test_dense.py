@@ -170,6 +170,7 @@ def test_single_layer_matches_monte_carlo():
                    n_samples=16)
 
 
+@pytest.mark.slow  # b_std=None is also pinned exactly above
 def test_deep_no_bias_matches_monte_carlo():
   net = stax.serial(stax.Dense(512, W_std=1.4), stax.Relu(),
                     stax.Dense(512, W_std=1.4), stax.Relu(),

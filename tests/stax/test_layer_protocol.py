@@ -112,8 +112,8 @@ def test_chaining_equals_one_call(x2_none):
   np.testing.assert_allclose(b[2](k_mid, get="ntk"), full.ntk, rtol=1e-5)
 
 
-def test_jit_with_static_get(nets):
-  kernel_fn = nets["erf10"][2]
+def test_jit_with_static_get():
+  kernel_fn = _deep(stax.Erf, 2, W_std=1.5, b_std=0.05)[2]
   x1, x2 = inputs()
   jitted = jax.jit(kernel_fn, static_argnames="get")
   for get in ("ntk", ("nngp", "ntk")):
@@ -140,7 +140,7 @@ def test_vmap_over_inputs():
 
 # --- gradients in the inputs ---------------------------------------------------
 
-@pytest.mark.parametrize("act", [stax.Relu, stax.Erf, stax.Abs])
+@pytest.mark.parametrize("act", [stax.Relu, stax.Erf])
 @pytest.mark.parametrize("b_std", [None, 0.1])
 def test_grad_at_zero_input_is_finite(act, b_std):
   kernel_fn = stax.serial(stax.Dense(8, W_std=1.3, b_std=b_std), act(),
@@ -302,7 +302,7 @@ architectures = st.lists(
     min_size=1, max_size=4)
 
 
-@settings(max_examples=10, deadline=None,
+@settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(arch=architectures, seed=st.integers(0, 2**16),
        scale=st.floats(0.1, 3.0), parameterization=st.sampled_from(
