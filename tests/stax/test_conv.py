@@ -173,3 +173,35 @@ def test_ntk_parameterization_ignores_width():
        for c in (1, 1000)]
   np.testing.assert_allclose(k[0], k[1], rtol=1e-6)
   assert rel_err(k[0], k[0] * 1.01) > 0  # sanity of the helper
+
+
+def test_kernel_is_differentiable_in_the_inputs():
+  x1, x2 = _images((4, 4, 2))
+  kernel_fn = stax.serial(stax.Conv(4, (3, 3), padding="SAME", b_std=0.1),
+                          stax.Relu(), stax.AvgPool((2, 2)),
+                          stax.Conv(4, (2, 2), padding="CIRCULAR"),
+                          stax.Relu(), stax.GlobalAvgPool())[2]
+  g = jax.grad(lambda a: kernel_fn(a, x2, "ntk").sum())(x1)
+  assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+
+
+def _myrtle5(width=W):
+  conv = lambda: stax.Conv(width, (3, 3), padding="SAME", W_std=2**0.5)
+  pool = lambda: stax.AvgPool((2, 2), strides=(2, 2))
+  return stax.serial(conv(), stax.Relu(), conv(), stax.Relu(), pool(),
+                     conv(), stax.Relu(), pool(), conv(), stax.Relu(),
+                     stax.GlobalAvgPool(), stax.Dense(width, 2**0.5))
+
+
+@pytest.mark.slow
+def test_myrtle5_matches_monte_carlo():
+  x1, x2 = _images((8, 8, 3), n1=3, n2=2)
+  check_against_mc(_myrtle5(), x1, x2, n_samples=12, tol=0.1, ntk_tol=0.15)
+
+
+def test_myrtle5_packed_equals_full():
+  x1, _ = _images((8, 8, 3), n1=4)
+  kernel_fn = _myrtle5(8)[2]
+  a, b = kernel_fn(x1, None), kernel_fn(x1, x1)
+  np.testing.assert_allclose(a.ntk, b.ntk, rtol=2e-5)
+  np.testing.assert_allclose(a.nngp, b.nngp, rtol=2e-5)

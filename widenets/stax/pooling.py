@@ -127,7 +127,7 @@ def _pool_layer(name: str, window_shape, strides, padding,
     for a, w in zip(axes, windows):
       x = stencil.pad_axes(x, (a,), w)
       dims[a], steps[a] = w.size, w.stride
-    out = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, dims, steps,
+    out = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, dims, steps,
                             "VALID")
     if not average:
       return out

@@ -248,7 +248,7 @@ def _diagonal_window_sum(p, a: int, w: Window):
   dims = [1] * flat.ndim
   dil = [1] * flat.ndim
   dims[a], dil[a] = w.size, m + 1
-  out = lax.reduce_window(flat, jnp.zeros((), p.dtype), lax.add, dims,
+  out = lax.reduce_window(flat, np.zeros((), p.dtype), lax.add, dims,
                           [1] * flat.ndim, "VALID", window_dilation=dil)
   # Flat position o * m + o' holds the sum for (o, o'); keep o, o' < out.
   length = out.shape[a]
@@ -271,7 +271,7 @@ def pool(mat, batch_ndim: int, windows: Sequence[Window]):
     strides = [1] * p.ndim
     for a in ax:
       dims[a], strides[a] = w.size, w.stride
-    mat = lax.reduce_window(p, jnp.zeros((), p.dtype), lax.add, dims, strides,
+    mat = lax.reduce_window(p, np.zeros((), p.dtype), lax.add, dims, strides,
                             "VALID")
   return mat
 
