@@ -14,6 +14,7 @@ from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
 from .dense import Dense
+from .graph import Aggregate, AggregateImplementation
 from .layer import KernelFn, Requirements, layer
 from .masking import MaskedArray, unmask_fn
 from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,
