@@ -60,15 +60,18 @@ _ROWS_PER_CHUNK = 1 << 15
 def _map_samples(fn, in_axes, args, rows: int):
   """``vmap(fn, in_axes)(*args)`` in chunks of samples (``lax.map`` with a
   batch size) when every input leaf is batched, else a plain vmap."""
-  leaves_axes = [jax.tree_util.tree_leaves(a) if a is not None else [None]
-                 for a in in_axes]
-  all_mapped = all(ax is not None for axs in leaves_axes for ax in axs) or \
-      all(a is None for a in in_axes[1:]) and in_axes[0] is not None and \
-      all(ax is not None for ax in leaves_axes[0])
+  # lax.map slices every leaf of a mapped argument: only usable when no leaf
+  # inside a mapped argument is itself unmapped.
+  all_mapped = all(
+      all(ax is not None for ax in jax.tree_util.tree_leaves(
+          a, is_leaf=lambda v: v is None))
+      for a in in_axes if a is not None)
+  if not all_mapped:
+    return jax.vmap(fn, in_axes=in_axes)(*args)
   n = jax.tree_util.tree_leaves(args[0])[0].shape[
       jax.tree_util.tree_leaves(in_axes[0])[0]]
   size = max(1, min(n, _ROWS_PER_CHUNK // max(rows, 1)))
-  if not all_mapped or size >= n:
+  if size >= n:
     return jax.vmap(fn, in_axes=in_axes)(*args)
   mapped = [i for i, a in enumerate(in_axes) if a is not None]
   moved = [tree_map(lambda v, ax: jnp.moveaxis(v, ax, 0), args[i], in_axes[i])

@@ -19,7 +19,6 @@ output) and a `StructureWarning` names the primitive once.
 """
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -283,7 +282,3 @@ def _mjjmp_dot_general(df1, df2, in1, in2, pos, params, out_ids1, out_ids2,
 
 MJJMP_RULES = {"dot_general": _mjjmp_dot_general}
 
-
-@functools.lru_cache(maxsize=None)
-def _reset_warnings():  # for tests
-  _warned.clear()
