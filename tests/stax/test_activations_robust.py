@@ -24,12 +24,25 @@ X[1] = X[0] * 1.0001  # nearly parallel inputs: correlation ~1
 X[2] = 0.0  # a zero input
 
 
-@pytest.mark.parametrize("W_std", [1.0, 4.0, 16.0])
+@pytest.mark.parametrize("W_std", [1.0, 4.0])
 def test_deep_erf_float32_finite(W_std):
   k = _deep(stax.Erf(), 50, W_std)(X, None, ("nngp", "ntk"))
   assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
   # Bounded activation: |nngp| <= W_std**2 + b_std**2.
   assert np.abs(k.nngp).max() <= W_std**2 + 0.0025 + 1e-3
+
+
+def test_deep_erf_large_w_std():
+  # The NNGP stays bounded, but the NTK of this chaotic network grows ~10x
+  # per layer (~1e50 at depth 50): an error in float32, finite in float64.
+  kernel_fn = _deep(stax.Erf(), 50, 16.0)
+  nngp = kernel_fn(X, None, "nngp")
+  assert np.isfinite(nngp).all() and np.abs(nngp).max() <= 256.01
+  with pytest.raises(Exception, match="enable_x64"):
+    jax.block_until_ready(kernel_fn(X, None, "ntk"))
+  with jax.enable_x64(True):
+    ntk = kernel_fn(jnp.asarray(X, jnp.float64), None, "ntk")
+    assert np.isfinite(ntk).all() and np.abs(ntk).max() > 1e38
 
 
 def test_deep_relu_float32_finite_at_critical_scale():
@@ -62,11 +75,19 @@ def test_overflow_error_type_and_message():
 
 @pytest.mark.parametrize("make", [stax.Gelu, stax.Sin, stax.Tanh,
                                   stax.Gabor, lambda: stax.Gaussian(1, -1),
-                                  lambda: stax.RectifiedMonomial(2),
-                                  stax.ExpNormalized, stax.Silu])
+                                  stax.ExpNormalized, stax.Silu],
+                         ids=["Gelu", "Sin", "Tanh", "Gabor", "Gaussian",
+                              "ExpNormalized", "Silu"])
 def test_large_w_std_and_parallel_inputs_finite(make):
   k = _deep(make(), 6, 16.0)(X, None, ("nngp", "ntk"))
   assert np.isfinite(k.nngp).all() and np.isfinite(k.ntk).all()
+
+
+def test_doubly_exponential_growth_says_enable_float64():
+  # (x)_+**2 squares the variance per layer: ~1e60 after 6 layers.
+  with pytest.raises(Exception, match="RectifiedMonomial.*enable_x64"):
+    jax.block_until_ready(_deep(stax.RectifiedMonomial(2), 6, 16.0)(
+        X, None, "nngp"))
 
 
 def test_quadrature_correlation_clipped():

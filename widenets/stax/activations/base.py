@@ -47,22 +47,26 @@ class KernelOverflowError(FloatingPointError):
 def _raise_on_overflow(name: str, finite) -> None:
   if not bool(finite):
     raise KernelOverflowError(
-        f"{name}: the kernel overflowed float32 (the variances of this "
-        f"layer's outputs are infinite or NaN; e.g. a deep network with "
-        f"large W_std, whose kernel grows like (W_std**2 / 2)**depth). "
+        f"{name}: the kernel overflowed float32 (this layer's output "
+        f"variances or NTK are infinite or NaN; e.g. a deep network with "
+        f"large W_std, whose kernel grows geometrically with depth). "
         f"Enable float64 with jax.config.update('jax_enable_x64', True) "
         f"before building inputs, or reduce W_std / depth.")
 
 
 def check_overflow(name: str, k: Kernel) -> None:
   """In float32 (or narrower), raises `KernelOverflowError` when the output
-  variances are not finite. Checks ``cov1``/``cov2`` only (``O(N)``): by
-  Cauchy-Schwarz they are the largest entries, so they overflow first."""
+  is not finite. Checks ``cov1``/``cov2`` (by Cauchy-Schwarz the largest
+  NNGP entries, so they overflow first) and the NTK."""
   if jnp.finfo(k.cov1.dtype).bits > 32:
     return
   finite = jnp.all(jnp.isfinite(k.cov1))
   if k.cov2 is not None:
     finite = finite & jnp.all(jnp.isfinite(k.cov2))
+  if k.ntk is not None:
+    # The NTK can outgrow the NNGP (e.g. Erf with large W_std, where the
+    # NNGP is bounded): one fused reduction over it.
+    finite = finite & jnp.all(jnp.isfinite(k.ntk))
   jax.debug.callback(functools.partial(_raise_on_overflow, name), finite)
 
 

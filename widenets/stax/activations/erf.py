@@ -35,7 +35,8 @@ def erf_rule(a: float, b: float, c: float):
 def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0):
   """``a * erf(b * x) + c``."""
   return elementwise_layer(lambda x: a * erf(b * x) + c,
-                           f"Erf({a}, {b}, {c})", erf_rule(a, b, c))
+                           f"Erf({a}, {b}, {c})", erf_rule(a, b, c),
+                           may_overflow=True)  # the NTK, at large W_std
 
 
 def Sigmoid_like():

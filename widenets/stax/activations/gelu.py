@@ -17,20 +17,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import elementwise_layer, safe_sqrt
+from .base import elementwise_layer, sine_and_angle
 
 
 def gelu_rule(cov, var1, var2, ntk):
-  prod = var1 * var2
-  prod1 = (1 + var1) * (1 + var2)
-  delta2 = prod1 - cov**2
-  delta = safe_sqrt(delta2)
+  # Scaled so that nothing overflows at huge variances (deep or large-W_std
+  # networks in float32): with ``s1 = sqrt(prod1)``, ``c = cov / s1`` lies
+  # in [-1, 1] and ``(cov**2 + prod delta**2) / (prod1 delta) = c**2 / delta
+  # + (prod / prod1) delta``.
+  s1 = jnp.sqrt(1 + var1) * jnp.sqrt(1 + var2)
+  # prod1 - cov**2 = 1 + var1 + var2 + (var1 var2 - cov**2): a sum of
+  # non-negative terms, so no cancellation when the variances are huge.
+  root, _ = sine_and_angle(cov, var1, var2)
+  delta2 = 1 + var1 + var2 + root**2
+  delta = jnp.sqrt(delta2)
+  c = cov / s1
+  ratio = (var1 / (1 + var1)) * (var2 / (1 + var2))
   angle = jnp.arctan2(cov, delta)
-  new = cov / 4 + (cov * angle + (cov**2 + prod * delta2) /
-                   (prod1 * delta)) / (2 * jnp.pi)
+  new = cov / 4 + (cov * angle + c**2 / delta + ratio * delta) / (2 * jnp.pi)
   if ntk is not None:
     dot = 0.25 + angle / (2 * jnp.pi) + cov / (2 * jnp.pi * delta) * (
-        1 + 1 / delta2 + (1 - prod) / prod1)
+        1 + 1 / delta2 + 1 / s1**2 - ratio)
     ntk = ntk * dot
   return new, ntk
 
