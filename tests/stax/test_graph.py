@@ -79,3 +79,22 @@ def test_sparse_pattern_shape_error():
   with pytest.raises(ValueError, match="SPARSE pattern"):
     stax.Aggregate(implementation="SPARSE")[2](
         x, x, pattern=(jnp.zeros((2, 3, 1, 3), jnp.int32),) * 2)
+
+
+def test_dot_general_contracts_both_positions():
+  rs = np.random.RandomState(3)
+  x1 = jnp.asarray(rs.randn(3, 5, 4, 2), jnp.float32)
+  x2 = jnp.asarray(rs.randn(2, 5, 4, 2), jnp.float32)
+  m = jnp.asarray(rs.randn(5, 6), jnp.float32)
+  base = stax.serial(stax.Conv(4, (2, 2), padding="SAME"), stax.Relu())
+  net = stax.serial(base, stax.DotGeneral(
+      rhs=m, dimension_numbers=(((1,), (0,)), ((), ()))))
+  k = base[2](x1, x2, "nngp")
+  out = net[2](x1, x2, "nngp")
+  # Output layout (N, Y, C, X'): the new axis of size 6 comes last.
+  ref = jnp.einsum("xa,nmxzyw,zb->nmywab", m, k, m)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  shape, _ = net[0](None, x1.shape)
+  assert tuple(shape) == (3, 4, 2, 6)
+  k2 = stax.serial(base, stax.DotGeneral(rhs=2.0))[2](x1, None, "nngp")
+  np.testing.assert_allclose(k2, 4 * base[2](x1, None, "nngp"), rtol=1e-6)

@@ -14,7 +14,7 @@ from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
 from .dense import Dense
-from .graph import Aggregate, AggregateImplementation
+from .graph import Aggregate, AggregateImplementation, DotGeneral
 from .layer import KernelFn, Requirements, layer
 from .masking import MaskedArray, unmask_fn
 from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,

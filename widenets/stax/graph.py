@@ -25,7 +25,7 @@ import numpy as np
 from ..kernel import Kernel
 from .layer import Requirements, layer
 
-__all__ = ["AggregateImplementation", "Aggregate"]
+__all__ = ["AggregateImplementation", "Aggregate", "DotGeneral"]
 
 
 class AggregateImplementation(enum.Enum):
@@ -159,4 +159,101 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0,
 
   return init_fn, apply_fn, rule, Requirements(
       diagonal_spatial_ok=False, packable=False, blocker="Aggregate",
+      batch_axis=batch_axis, channel_axis=channel_axis)
+
+
+@layer
+def DotGeneral(*, lhs=None, rhs=None,
+               dimension_numbers=(((), ()), ((), ())), precision=None,
+               batch_axis: int = 0, channel_axis: int = -1):
+  """``lax.dot_general`` of the inputs with a constant ``lhs`` or ``rhs``.
+
+  Kernel: the same contraction applied to both positions of every
+  covariance, ``K' = O K O^T``. Supported here: contracting and batch
+  dimensions on spatial axes of the inputs (not their batch or channel axis).
+  """
+  if lhs is not None and rhs is not None:
+    raise ValueError("DotGeneral: at most one of the constants lhs and rhs "
+                     "may be given; the other factor is the inputs.")
+  is_lhs = rhs is None
+  other = jnp.asarray(lhs if is_lhs else rhs)
+  (lc, rc), (lb, rb) = dimension_numbers
+  in_c, o_c = (rc, lc) if is_lhs else (lc, rc)
+  in_b, o_b = (rb, lb) if is_lhs else (lb, rb)
+
+  def dot_fn(x):
+    args = (other.astype(x.dtype), x) if is_lhs else (x, other.astype(x.dtype))
+    return jax.lax.dot_general(*args, dimension_numbers, precision)
+
+  def init_fn(rng, input_shape):
+    return jax.eval_shape(dot_fn, jax.ShapeDtypeStruct(
+        tuple(input_shape), other.dtype)).shape, ()
+
+  def apply_fn(params, inputs, **kwargs):
+    return dot_fn(inputs)
+
+  def rule(k: Kernel, **kwargs) -> Kernel:
+    if other.ndim == 0:  # a constant factor: covariances scale by its square
+      var = other.astype(k.nngp.dtype)**2
+      scale = lambda m: None if m is None else var * m
+      return k.replace(nngp=scale(k.nngp), ntk=scale(k.ntk),
+                       cov1=scale(k.cov1), cov2=scale(k.cov2))
+    n = len(k.shape1)
+    b, c = k.batch_axis % n, k.channel_axis % n
+    ic = [a % n for a in in_c]
+    ib = [a % n for a in in_b]
+    oc = [a % other.ndim for a in o_c]
+    ob = [a % other.ndim for a in o_b]
+    if b in ic + ib or c in ic + ib:
+      raise NotImplementedError(
+          f"DotGeneral: contracting or batching the batch axis {b} or the "
+          f"channel axis {c} of inputs {tuple(k.shape1)} is not supported.")
+    if k.diagonal_spatial:
+      raise ValueError("DotGeneral: needs full spatial covariances.")
+    letters = iter("abdefghijklmopqrstuvwxyz")
+    spatial = [i for i in range(n) if i not in (b, c)]
+    u = {a: next(letters) for a in spatial}
+    p = {a: next(letters) for a in spatial}
+    o_free = [j for j in range(other.ndim) if j not in oc + ob]
+    f_l = {j: next(letters).upper() for j in o_free}
+    f_r = {j: next(letters).upper() for j in o_free}
+
+    def other_sub(side, free):
+      sub = [""] * other.ndim
+      for a, j in zip(ic + ib, oc + ob):
+        sub[j] = side[a]
+      for j in o_free:
+        sub[j] = free[j]
+      return "".join(sub)
+
+    in_free = [a for a in range(n) if a not in ic + ib]
+    out_axes = ([("in", a) for a in ib] +
+                ([("o", j) for j in o_free] + [("in", a) for a in in_free]
+                 if is_lhs else
+                 [("in", a) for a in in_free] + [("o", j) for j in o_free]))
+    out_sp = [t for t in out_axes if t not in (("in", b), ("in", c))]
+    out_sub = "".join(
+        (u[a] + p[a]) if kind == "in" else (f_l[a] + f_r[a])
+        for kind, a in out_sp)
+    k_sub = "".join(u[a] + p[a] for a in spatial)
+
+    def contract(mat, bl):
+      if mat is None or jnp.ndim(mat) == 0:
+        return mat
+      return jnp.einsum(f"{other_sub(u, f_l)},{bl}{k_sub},"
+                        f"{other_sub(p, f_r)}->{bl}{out_sub}",
+                        other.astype(mat.dtype), mat,
+                        other.astype(mat.dtype),
+                        precision=jax.lax.Precision.HIGHEST)
+
+    cb = "n" if k.diagonal_batch else "nN"
+    return k.replace(
+        nngp=contract(k.nngp, "nN"), ntk=contract(k.ntk, "nN"),
+        cov1=contract(k.cov1, cb), cov2=contract(k.cov2, cb),
+        batch_axis=out_axes.index(("in", b)),
+        channel_axis=out_axes.index(("in", c)))
+
+  return init_fn, apply_fn, rule, Requirements(
+      diagonal_spatial_ok=other.ndim == 0, packable=other.ndim == 0,
+      blocker=None if other.ndim == 0 else "DotGeneral",
       batch_axis=batch_axis, channel_axis=channel_axis)
