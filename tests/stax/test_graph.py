@@ -1,6 +1,7 @@
 """Aggregate (graph networks): Monte Carlo, dense vs sparse patterns."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_dot_general_contracts_both_positions():
   # Output layout (N, Y, C, X'): the new axis of size 6 comes last.
   ref = jnp.einsum("xa,nmxzyw,zb->nmywab", m, k, m)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-  shape, _ = net[0](None, x1.shape)
+  shape, _ = net[0](jax.random.PRNGKey(0), x1.shape)
   assert tuple(shape) == (3, 4, 2, 6)
   k2 = stax.serial(base, stax.DotGeneral(rhs=2.0))[2](x1, None, "nngp")
   np.testing.assert_allclose(k2, 4 * base[2](x1, None, "nngp"), rtol=1e-6)
