@@ -96,6 +96,6 @@ def test_dot_general_contracts_both_positions():
   ref = jnp.einsum("xa,nmxzyw,zb->nmywab", m, k, m)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
   shape, _ = net[0](jax.random.PRNGKey(0), x1.shape)
-  assert tuple(shape) == (3, 4, 2, 6)
+  assert tuple(shape) == (3, 4, 4, 6)  # (N, Y, C, new)
   k2 = stax.serial(base, stax.DotGeneral(rhs=2.0))[2](x1, None, "nngp")
   np.testing.assert_allclose(k2, 4 * base[2](x1, None, "nngp"), rtol=1e-6)
