@@ -205,3 +205,15 @@ def test_myrtle5_packed_equals_full():
   a, b = kernel_fn(x1, None), kernel_fn(x1, x1)
   np.testing.assert_allclose(a.ntk, b.ntk, rtol=2e-5)
   np.testing.assert_allclose(a.nngp, b.nngp, rtol=2e-5)
+
+
+@pytest.mark.parametrize("method", ["linear", "nearest"])
+def test_image_resize_matches_monte_carlo(method):
+  # (neural-tangents 0.6.5 resizes the wrong axes after a Conv, whose kernel
+  # it stores with reversed spatial axes; widenets keeps the natural order.)
+  net = stax.serial(stax.Conv(W, (2, 2), padding="SAME", b_std=0.1),
+                    stax.Relu(), stax.ImageResize((-1, 6, 3, -1), method),
+                    stax.Conv(W, (2, 2)), stax.Relu(), stax.GlobalAvgPool(),
+                    stax.Dense(W))
+  x1, x2 = _images((4, 5, 2))
+  check_against_mc(net, x1, x2, n_samples=40, tol=0.08, ntk_tol=0.12)

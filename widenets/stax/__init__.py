@@ -20,4 +20,5 @@ from .masking import MaskedArray, unmask_fn
 from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,
                       SumPool)
 from .stencil import Padding
-from .structural import Dropout, Identity, Index, LayerNorm, Slice
+from .structural import (Dropout, Identity, ImageResize, Index, LayerNorm,
+                         Slice)
