@@ -211,7 +211,8 @@ class KernelFn:
       return get_from(self.apply(x1_or_kernel, **kw), get)
 
     x1 = x1_or_kernel
-    _validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
+    _validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0,
+                     kwargs.get("mask_constant"))
     diagonal_batch = kwargs.pop("diagonal_batch", None)
     diagonal_spatial = kwargs.pop("diagonal_spatial", None)
     mask_constant = kwargs.pop("mask_constant", None)
@@ -328,7 +329,8 @@ def _freeze(v):
     return repr(v)
 
 
-def _validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
+def _validate_inputs(name: str, x1, x2, batch_axis: int = 0,
+                     mask_constant=None) -> None:
   l1 = jax.tree_util.tree_leaves(x1)
   l2 = None if x2 is None else jax.tree_util.tree_leaves(x2)
   if not l1:
@@ -353,7 +355,11 @@ def _validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
   for label, leaves in (("x1", l1), ("x2", l2 or [])):
     for a in leaves:
       try:
-        bad = bool(jnp.any(~jnp.isfinite(jnp.asarray(a))))
+        a = jnp.asarray(a)
+        if mask_constant is not None:
+          # Masked entries may hold any marker value, NaN or inf included.
+          a = _masked(a, mask_constant)[0]
+        bad = bool(jnp.any(~jnp.isfinite(a)))
       except jax.errors.ConcretizationTypeError:
         return  # traced under an outer jit: nothing concrete to check
       except TypeError:
