@@ -14,9 +14,9 @@ smooth ``f`` the error falls geometrically with ``deg``, for kinked ``f``
 like ReLU only as ``deg**-1.5``).
 
 Cost and memory: ``deg**2`` evaluations of ``g`` per covariance entry, but
-the sum over ``j`` is one fused reduction and the sum over ``i`` a loop, so
-the working memory is a few copies of the covariance, never ``deg**2``
-copies.
+the sum over ``j`` is one fused elementwise loop and the sum over ``i`` a
+`lax.scan`, so the working memory is a few copies of the covariance, never
+``deg**2`` copies.
 """
 from __future__ import annotations
 
@@ -66,14 +66,18 @@ def bivariate_expectations(outer: Callable, inner: Callable, cov, var1,
   scale1 = safe_sqrt(2 * var1)  # keeps var1's (small) shape: f is cheap
   scale2 = safe_sqrt(2 * var2)
   slope, spread = scale2 * rho, scale2 * sigma
-  xs = jnp.asarray(x, dtype).reshape((-1,) + (1,) * len(shape))
-  ws = jnp.asarray(w, dtype).reshape((-1,) + (1,) * len(shape))
 
   def body(acc, node):
     xi, wi = node
-    # The sums over the inner nodes: one fused reduction each.
-    values = inner(slope * xi + spread * xs)
-    sums = [jnp.sum(ws * v, axis=0) for v in values]
+    # The sum over the inner nodes, unrolled with constant nodes: XLA fuses
+    # it into one elementwise loop over the kernel (on CPU ~25x faster than
+    # a reduction over a stacked (deg,) + shape axis, and no stacked copy).
+    base = slope * xi
+    sums = None
+    for xj, wj in zip(x, w):
+      values = inner(base + spread * float(xj))
+      terms = [float(wj) * v for v in values]
+      sums = terms if sums is None else [a + t for a, t in zip(sums, terms)]
     outs = outer(scale1 * xi)
     return tuple(a + wi * o * t for a, o, t in zip(acc, outs, sums)), None
 
