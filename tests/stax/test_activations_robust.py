@@ -112,7 +112,7 @@ ACTS = {
 
 
 @pytest.mark.parametrize("name", sorted(ACTS))
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(x=hnp.arrays(np.float32, (5, 3),
                     elements=st.floats(-3, 3, width=32)))
 def test_nngp_symmetric_psd(name, x):
