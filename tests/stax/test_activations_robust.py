@@ -68,11 +68,8 @@ def test_deep_relu_large_w_std_says_enable_float64():
     assert np.abs(k.nngp).max() > 1e90
 
 
-def test_overflow_error_type_and_message():
-  from widenets.stax.activations.base import _raise_on_overflow
-  with pytest.raises(KernelOverflowError, match="Relu.*float64"):
-    _raise_on_overflow("Relu", False)
-  _raise_on_overflow("Relu", True)  # no error when finite
+def test_overflow_error_type():
+  assert issubclass(KernelOverflowError, FloatingPointError)
 
 
 @pytest.mark.parametrize("make", [stax.Gelu, stax.Sin, stax.Tanh,
