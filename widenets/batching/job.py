@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from . import blocks as B
+from ..stax.layer import freeze_static
 
 __all__ = ["BlockJob", "is_array_tree", "describe_fn", "fingerprint"]
 
@@ -46,18 +47,6 @@ def _is_pair(v) -> bool:
 
 # Jitted block functions by (kernel_fn, static arguments, ...), oldest first.
 _FN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
-
-
-def _freeze(v):
-  if isinstance(v, dict):
-    return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-  if isinstance(v, (list, tuple)):
-    return tuple(_freeze(x) for x in v)
-  try:
-    hash(v)
-    return v
-  except TypeError:
-    return repr(v)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -218,8 +207,8 @@ class BlockJob:
   # -- the jitted block function ------------------------------------------------
   def _cache_key(self, x2_is_none: bool):
     return (self.kernel_fn, self.n_args, x2_is_none,
-            _freeze(sorted(self.static_args.items())),
-            _freeze(sorted(self.static_kwargs.items())),
+            freeze_static(sorted(self.static_args.items())),
+            freeze_static(sorted(self.static_kwargs.items())),
             tuple(sorted(self.array_args)), tuple(sorted(self.array_kwargs)),
             tuple(sorted(self.pair_kwargs)), self.rng is not None)
 

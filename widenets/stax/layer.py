@@ -156,6 +156,8 @@ class KernelFn:
     self._init_fn = init_fn
     self._set_shapes = set_shapes and init_fn is not None
     self._jitted = jax.jit(self._compute, static_argnums=(3,))
+    # Layer names of the finiteness flags each compiled call returns.
+    self._flag_names: dict = {}
 
   def __repr__(self) -> str:
     return f"<kernel_fn of {self.name}>"
@@ -244,7 +246,9 @@ class KernelFn:
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
         packable=bool(packable), static=tuple(sorted(static.items())))
-    out = self._jitted(x1, x2, dynamic, _Hashable(config))
+    key = _Hashable(config)
+    out, flags = self._jitted(x1, x2, dynamic, key)
+    _raise_on_overflow(self.name, self._flag_names.get(key, ()), flags, out)
     return get_from(out, get)
 
   def _compute(self, x1, x2, dynamic, config):
@@ -273,7 +277,10 @@ class KernelFn:
       k = jax.tree_util.tree_map(to_kernel, x1, x2)
     if c["packable"]:
       k = covariance.pack(k)
-    out = self.apply(k, **dict(c["static"]), **dynamic)
+    with _collect_finite_flags() as recorded:
+      out = self.apply(k, **dict(c["static"]), **dynamic)
+    self._flag_names[config] = tuple(name for name, _ in recorded)
+    flags = [flag for _, flag in recorded]
 
     def finish(kk):
       if kk.packed:
@@ -293,8 +300,8 @@ class KernelFn:
         kk = kk.replace(**drop)
       return kk
 
-    return jax.tree_util.tree_map(finish, out,
-                                  is_leaf=lambda l: isinstance(l, Kernel))
+    return jax.tree_util.tree_map(
+        finish, out, is_leaf=lambda l: isinstance(l, Kernel)), flags
 
 
 def _has_masks(k) -> bool:
@@ -303,12 +310,81 @@ def _has_masks(k) -> bool:
                  k, is_leaf=lambda l: isinstance(l, Kernel)))
 
 
+class KernelOverflowError(FloatingPointError):
+  """A kernel left the floating-point range (e.g. float32 in a deep net with
+  large ``W_std``)."""
+
+
+_FLAG_COLLECTORS: list = []
+
+
+class _collect_finite_flags:
+  """Collects ``(layer name, all-finite flag)`` pairs recorded while tracing.
+
+  Layers whose kernels can grow without bound call `record_finite`; the flags
+  come back as outputs of the one compiled call (no host callbacks inside the
+  computation, which would split XLA's fusions), and `KernelFn.__call__`
+  names the first layer that overflowed.
+  """
+
+  def __enter__(self):
+    self.recorded = []
+    _FLAG_COLLECTORS.append(self.recorded)
+    return self.recorded
+
+  def __exit__(self, *exc):
+    _FLAG_COLLECTORS.pop()
+
+
+def record_finite(name: str, *arrays) -> None:
+  """Records whether ``arrays`` are all finite, for the error naming ``name``.
+
+  Outside a `KernelFn` call (e.g. ``kernel_fn(kernel)``) it does nothing.
+  """
+  if not _FLAG_COLLECTORS:
+    return
+  flag = jnp.asarray(True)
+  for a in arrays:
+    if a is not None:
+      flag = flag & jnp.all(jnp.isfinite(a))
+  _FLAG_COLLECTORS[-1].append((name, flag))
+
+
+def _all_true(flags) -> Optional[bool]:
+  try:
+    return all(bool(f) for f in flags)
+  except (jax.errors.ConcretizationTypeError,
+          jax.errors.TracerBoolConversionError):
+    return None  # traced under an outer jit: nothing concrete to check
+
+
+def _raise_on_overflow(network: str, names, flags, out) -> None:
+  ok = _all_true(flags)
+  if ok is None:
+    return
+  bad = [n for n, f in zip(names, flags) if not bool(f)]
+  if not bad:
+    leaves = [l for l in jax.tree_util.tree_leaves(out)
+              if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.inexact)]
+    if _all_true(jnp.all(jnp.isfinite(l)) for l in leaves) is not False:
+      return
+    bad = [network]
+  dtype = jnp.result_type(float)
+  hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
+          "before building inputs, or reduce W_std / depth."
+          if jnp.finfo(dtype).bits <= 32 else "Reduce W_std / depth.")
+  raise KernelOverflowError(
+      f"{bad[0]}: the kernel overflowed {jnp.dtype(dtype).name} (infinite or "
+      f"NaN variances or NTK; e.g. a deep network with large W_std, whose "
+      f"kernel grows geometrically with depth). {hint}")
+
+
 class _Hashable:
   """Static jit argument wrapper for a dict of hashable config values."""
 
   def __init__(self, value: dict):
     self.value = value
-    self._key = tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    self._key = tuple(sorted((k, freeze_static(v)) for k, v in value.items()))
 
   def __hash__(self):
     return hash(self._key)
@@ -317,11 +393,12 @@ class _Hashable:
     return isinstance(other, _Hashable) and self._key == other._key
 
 
-def _freeze(v):
+def freeze_static(v):
+  """A hashable stand-in for a (nested) static argument value."""
   if isinstance(v, dict):
-    return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    return tuple(sorted((k, freeze_static(x)) for k, x in v.items()))
   if isinstance(v, (list, tuple)):
-    return tuple(_freeze(x) for x in v)
+    return tuple(freeze_static(x) for x in v)
   try:
     hash(v)
     return v

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ...kernel import Kernel
 from .. import covariance
-from ..layer import KernelFn, Requirements
+from ..layer import KernelOverflowError, record_finite, KernelFn, Requirements
 
 # ``pair_rule(cov, var1, var2, ntk) -> (new_cov, new_ntk)``.
 PairRule = Callable
@@ -40,34 +40,15 @@ def check_callable(name: str, arg: str, value, optional: bool = False) -> None:
         f"{type(value).__name__} {value!r}.")
 
 
-class KernelOverflowError(FloatingPointError):
-  """A kernel exceeded the float32 range."""
-
-
-def _raise_on_overflow(name: str, finite) -> None:
-  if not bool(finite):
-    raise KernelOverflowError(
-        f"{name}: the kernel overflowed float32 (this layer's output "
-        f"variances or NTK are infinite or NaN; e.g. a deep network with "
-        f"large W_std, whose kernel grows geometrically with depth). "
-        f"Enable float64 with jax.config.update('jax_enable_x64', True) "
-        f"before building inputs, or reduce W_std / depth.")
-
-
 def check_overflow(name: str, k: Kernel) -> None:
-  """In float32 (or narrower), raises `KernelOverflowError` when the output
-  is not finite. Checks ``cov1``/``cov2`` (by Cauchy-Schwarz the largest
-  NNGP entries, so they overflow first) and the NTK."""
-  if jnp.finfo(k.cov1.dtype).bits > 32:
-    return
-  finite = jnp.all(jnp.isfinite(k.cov1))
-  if k.cov2 is not None:
-    finite = finite & jnp.all(jnp.isfinite(k.cov2))
-  if k.ntk is not None:
-    # The NTK can outgrow the NNGP (e.g. Erf with large W_std, where the
-    # NNGP is bounded): one fused reduction over it.
-    finite = finite & jnp.all(jnp.isfinite(k.ntk))
-  jax.debug.callback(functools.partial(_raise_on_overflow, name), finite)
+  """Flags this layer's output for `KernelOverflowError` if not finite.
+
+  Checks only ``cov1``/``cov2`` (by Cauchy-Schwarz the largest NNGP entries,
+  so they overflow first; O(N) work). An NTK that outgrows a bounded NNGP
+  (e.g. Erf with large W_std) is caught by the final output check of
+  `KernelFn`.
+  """
+  record_finite(name, k.cov1, k.cov2)
 
 
 def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
