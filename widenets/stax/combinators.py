@@ -5,9 +5,10 @@ import functools
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from ..kernel import Kernel
-from .layer import KernelFn, Requirements
+from .layer import KernelFn, Requirements, collect_finite_flags, record_flag
 
 
 def _split(layers, name):
@@ -137,10 +138,23 @@ def repeat(layer, n: int):
       return k
     k = _apply(kernel_fn, k, **kwargs)  # fixes the carried structure
 
-    def step(k, _):
-      return _apply(kernel_fn, k, **kwargs), None
+    names = []
 
-    return jax.lax.scan(step, k, None, n - 1)[0]
+    def step(k, _):
+      # Overflow flags raised inside the loop body must leave it as scan
+      # outputs, not as tracers captured by the outer collector.
+      with collect_finite_flags() as recorded:
+        k = _apply(kernel_fn, k, **kwargs)
+      names[:] = [n for n, _ in recorded]
+      ok = jnp.asarray(True)
+      for _, flag in recorded:
+        ok = ok & flag
+      return k, ok
+
+    k, oks = jax.lax.scan(step, k, None, n - 1)
+    if names:
+      record_flag(names[0], jnp.all(oks))
+    return k
 
   name = f"repeat({getattr(kernel_fn, '__name__', '?')}, {n})"
   reqs = _reqs_of(kernel_fn)

@@ -277,7 +277,7 @@ class KernelFn:
       k = jax.tree_util.tree_map(to_kernel, x1, x2)
     if c["packable"]:
       k = covariance.pack(k)
-    with _collect_finite_flags() as recorded:
+    with collect_finite_flags() as recorded:
       out = self.apply(k, **dict(c["static"]), **dynamic)
     self._flag_names[config] = tuple(name for name, _ in recorded)
     flags = [flag for _, flag in recorded]
@@ -318,7 +318,7 @@ class KernelOverflowError(FloatingPointError):
 _FLAG_COLLECTORS: list = []
 
 
-class _collect_finite_flags:
+class collect_finite_flags:
   """Collects ``(layer name, all-finite flag)`` pairs recorded while tracing.
 
   Layers whose kernels can grow without bound call `record_finite`; the flags
@@ -334,6 +334,12 @@ class _collect_finite_flags:
 
   def __exit__(self, *exc):
     _FLAG_COLLECTORS.pop()
+
+
+def record_flag(name: str, flag) -> None:
+  """Records a precomputed all-finite ``flag`` (see `record_finite`)."""
+  if _FLAG_COLLECTORS:
+    _FLAG_COLLECTORS[-1].append((name, flag))
 
 
 def record_finite(name: str, *arrays) -> None:

@@ -89,16 +89,20 @@ def _spatial_axes_of(ndim: int, batch_axis: int, channel_axis: int) -> tuple:
   return tuple(i for i in range(ndim) if i not in skip)
 
 
-def _pool_layer(name: str, window_shape, strides, padding,
-                normalize_edges: bool, batch_axis: int, channel_axis: int,
-                average: bool):
-  window_shape = tuple(window_shape)
+def window_geometry(name: str, window_shape, strides, padding,
+                    batch_axis: int, channel_axis: int):
+  """Shared by every windowed pooling layer (AvgPool, SumPool, MaxPool).
+
+  Returns ``(window_shape, strides, padding, windows_for, init_fn)``:
+  ``windows_for(in_spatial)`` gives the per-axis `stencil` windows (with the
+  layer's clear errors) and ``init_fn`` the output shape.
+  """
+  window_shape = tuple(int(s) for s in window_shape)
   strides = tuple(strides) if strides else (1,) * len(window_shape)
   padding = stencil._as_padding(padding)
   if len(strides) != len(window_shape):
     raise ValueError(f"{name}: window_shape {window_shape} and strides "
                      f"{strides} have different lengths.")
-  edge_counts = normalize_edges and padding == stencil.Padding.SAME
 
   def windows_for(in_spatial):
     if len(in_spatial) != len(window_shape):
@@ -118,6 +122,16 @@ def _pool_layer(name: str, window_shape, strides, padding,
     for a, w in zip(axes, windows):
       out[a] = w.raw_out
     return tuple(out), ()
+
+  return window_shape, strides, padding, windows_for, init_fn
+
+
+def _pool_layer(name: str, window_shape, strides, padding,
+                normalize_edges: bool, batch_axis: int, channel_axis: int,
+                average: bool):
+  window_shape, strides, padding, windows_for, init_fn = window_geometry(
+      name, window_shape, strides, padding, batch_axis, channel_axis)
+  edge_counts = normalize_edges and padding == stencil.Padding.SAME
 
   def apply_fn(params, inputs, **kwargs):
     axes = _spatial_axes_of(inputs.ndim, batch_axis, channel_axis)

@@ -35,13 +35,9 @@ from jax import lax
 
 from ...kernel import Kernel
 from .. import stencil
+from ..pooling import _spatial_axes_of, window_geometry
 from ..layer import Requirements, layer
 from .base import check_callable, require_gaussian
-
-
-def _spatial_axes(ndim: int, batch_axis: int, channel_axis: int) -> tuple:
-  skip = (batch_axis % ndim, channel_axis % ndim)
-  return tuple(i for i in range(ndim) if i not in skip)
 
 
 def window_indices(windows: Sequence[stencil.Window]):
@@ -182,38 +178,15 @@ def MaxPool(window_shape: Sequence[int],
   """
   name = "MaxPool"
   check_callable(name, "fn", fn, optional=True)
-  window_shape = tuple(int(s) for s in window_shape)
-  strides = tuple(strides) if strides else (1,) * len(window_shape)
-  pad = stencil._as_padding(padding)
-  if len(strides) != len(window_shape):
-    raise ValueError(f"{name}: window_shape {window_shape} and strides "
-                     f"{strides} have different lengths.")
+  window_shape, strides, pad, windows_for, init_fn = window_geometry(
+      name, window_shape, strides, padding, batch_axis, channel_axis)
   if n_samples < 2:
     raise ValueError(f"{name}: n_samples must be >= 2; got {n_samples}.")
   half = -(-int(n_samples) // 2)
   act = (lambda x: x) if fn is None else fn
 
-  def windows_for(in_spatial):
-    if len(in_spatial) != len(window_shape):
-      raise ValueError(
-          f"{name}: window_shape {window_shape} has {len(window_shape)} "
-          f"spatial axes but the input has {len(in_spatial)} (spatial shape "
-          f"{tuple(in_spatial)}).")
-    w = stencil.pool_windows(in_spatial, window_shape, strides, pad)
-    stencil.check_windows(name, w, in_spatial, window_shape)
-    return w
-
-  def init_fn(rng, input_shape):
-    input_shape = tuple(input_shape)
-    axes = _spatial_axes(len(input_shape), batch_axis, channel_axis)
-    windows = windows_for(tuple(input_shape[a] for a in axes))
-    out = list(input_shape)
-    for a, w in zip(axes, windows):
-      out[a] = w.raw_out
-    return tuple(out), ()
-
   def apply_fn(params, inputs, **kwargs):
-    axes = _spatial_axes(inputs.ndim, batch_axis, channel_axis)
+    axes = _spatial_axes_of(inputs.ndim, batch_axis, channel_axis)
     windows = windows_for(tuple(inputs.shape[a] for a in axes))
     dims, steps = [1] * inputs.ndim, [1] * inputs.ndim
     x = inputs
