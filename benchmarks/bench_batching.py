@@ -15,10 +15,7 @@ inputs with x2=None through ``batch(batch_size=500)``.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import time
 
 import numpy as np
 
@@ -101,38 +98,18 @@ WORKLOADS = {
 }
 
 
-def _block(out):
-  import jax
-  return jax.block_until_ready(out)
+
+
+def _close_client(fn):
+  client = getattr(fn, "client", None)
+  if client is not None:
+    client.close()
+    client.cluster.close()
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--lib", default="widenets")
-  ap.add_argument("--repeat", type=int, default=2)
-  ap.add_argument("--only", nargs="*")
-  args = ap.parse_args()
-  lib = importlib.import_module(args.lib)
-  for name, make in WORKLOADS.items():
-    if args.only and name not in args.only:
-      continue
-    fn = make(lib)
-    if fn is None:
-      continue
-    t = time.perf_counter()
-    _block(fn())
-    first = time.perf_counter() - t
-    best = float("inf")
-    for _ in range(args.repeat):
-      t = time.perf_counter()
-      _block(fn())
-      best = min(best, time.perf_counter() - t)
-    print(f"{args.lib:16s} {name:22s} first {first:7.2f}s  best {best:7.2f}s",
-          flush=True)
-    client = getattr(fn, "client", None)
-    if client is not None:
-      client.close()
-      client.cluster.close()
+  from standalone import main as run
+  run(WORKLOADS, default_repeat=2, after=_close_client)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,7 @@ Sizes: ``BENCH_CONV_SCALE`` (default 1) multiplies the sample counts.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import resource
-import time
 
 import numpy as np
 
@@ -81,33 +77,11 @@ WORKLOADS = {
 }
 
 
-def _block(out):
-  import jax
-  jax.tree_util.tree_map(lambda a: a.block_until_ready(), tuple(out))
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--lib", default="widenets")
-  parser.add_argument("--repeat", type=int, default=3)
-  parser.add_argument("--only", default=None)
-  args = parser.parse_args()
-  lib = importlib.import_module(args.lib)
-  for name, make in WORKLOADS.items():
-    if args.only and args.only not in name:
-      continue
-    run = make(lib)
-    t0 = time.perf_counter()
-    _block(run())
-    first = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(args.repeat):
-      t0 = time.perf_counter()
-      _block(run())
-      best = min(best, time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.lib:16s} {name:24s} first {first:7.2f}s  best {best:7.2f}s"
-          f"  peak RSS so far {rss:8.0f} MiB", flush=True)
+  from standalone import main as run
+  run(WORKLOADS)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,6 @@ prints compile+first-run time, best of a few runs and the process's peak RSS
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import resource
-import time
 
 import numpy as np
 
@@ -99,30 +95,8 @@ WORKLOADS = {f"{name}_{i}": _make(net, i)
 
 
 def main():
-  import jax
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--lib", default="widenets")
-  ap.add_argument("--repeat", type=int, default=3)
-  ap.add_argument("--only", nargs="*")
-  args = ap.parse_args()
-  lib = importlib.import_module(args.lib)
-  for name, make in WORKLOADS.items():
-    if args.only and name not in args.only:
-      continue
-    fn = make(lib)
-    if fn is None:
-      continue
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t
-    best = float("inf")
-    for _ in range(args.repeat):
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      best = min(best, time.perf_counter() - t)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.lib:16s} {name:8s} first {first:7.2f}s  best {best:7.3f}s"
-          f"  peak RSS {rss:7.0f} MiB", flush=True)
+  from standalone import main as run
+  run(WORKLOADS)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ agreement of CG's predictions and test accuracy with Cholesky's.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import resource
 import sys
@@ -120,9 +118,6 @@ WORKLOADS = {
 }
 
 
-def _block(out):
-  import jax
-  jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
 
 
 def cg_benchmark(n_train: int = 20_000, n_test: int = 2_000,
@@ -201,29 +196,8 @@ def main():
   if len(sys.argv) > 1 and sys.argv[1] == "cg":
     cg_benchmark()
     return
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--lib", default="widenets")
-  parser.add_argument("--repeat", type=int, default=3)
-  parser.add_argument("--only", default=None)
-  args = parser.parse_args()
-  lib = importlib.import_module(args.lib)
-  for name, make in WORKLOADS.items():
-    if args.only and args.only not in name:
-      continue
-    run = make(lib)
-    t0 = time.perf_counter()
-    _block(run())
-    first = time.perf_counter() - t0
-    best = cpu = float("inf")
-    for _ in range(args.repeat):
-      t0, c0 = time.perf_counter(), time.process_time()
-      _block(run())
-      best = min(best, time.perf_counter() - t0)
-      # CPU seconds of this process: steadier than wall time on a shared box.
-      cpu = min(cpu, time.process_time() - c0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.lib:16s} {name:36s} first {first:7.2f}s  best {best:7.2f}s"
-          f"  cpu {cpu:7.2f}s  peak RSS so far {rss:8.0f} MiB", flush=True)
+  from standalone import main as run
+  run(WORKLOADS)
 
 
 if __name__ == "__main__":
