@@ -213,8 +213,7 @@ class KernelFn:
       return get_from(self.apply(x1_or_kernel, **kw), get)
 
     x1 = x1_or_kernel
-    _validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0,
-                     kwargs.get("mask_constant"))
+    _validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     diagonal_batch = kwargs.pop("diagonal_batch", None)
     diagonal_spatial = kwargs.pop("diagonal_spatial", None)
     mask_constant = kwargs.pop("mask_constant", None)
@@ -247,8 +246,14 @@ class KernelFn:
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
         packable=bool(packable), static=tuple(sorted(static.items())))
     key = _Hashable(config)
-    out, flags = self._jitted(x1, x2, dynamic, key)
-    _raise_on_overflow(self.name, self._flag_names.get(key, ()), flags, out)
+    out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, key)
+    for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
+      if _all_true([ok]) is False:
+        shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
+        raise ValueError(f"{self.name}: {label} of shape {shape} contains "
+                         f"NaN or infinite values.")
+    _raise_on_overflow(self.name, self._flag_names.get(key, ()), flags,
+                       out_ok)
     return get_from(out, get)
 
   def _compute(self, x1, x2, dynamic, config):
@@ -265,6 +270,10 @@ class KernelFn:
           channel_axis=-1 if reqs.channel_axis is None else reqs.channel_axis,
           mask_constant=c["mask_constant"])
 
+    # Finiteness of inputs and outputs is checked inside the compiled call
+    # (fused reductions) rather than by eager passes around it.
+    inputs_ok = (_all_finite(x1, c["mask_constant"]),
+                 _all_finite(x2, c["mask_constant"]))
     n = x1.shape[0] if c["packable"] else None
     if c["packable"]:
       # Pad to whole blocks with copies of the first sample (not zeros, so no
@@ -300,8 +309,9 @@ class KernelFn:
         kk = kk.replace(**drop)
       return kk
 
-    return jax.tree_util.tree_map(
-        finish, out, is_leaf=lambda l: isinstance(l, Kernel)), flags
+    out = jax.tree_util.tree_map(finish, out,
+                                 is_leaf=lambda l: isinstance(l, Kernel))
+    return out, flags, inputs_ok, _all_finite(out)
 
 
 def _has_masks(k) -> bool:
@@ -364,17 +374,23 @@ def _all_true(flags) -> Optional[bool]:
     return None  # traced under an outer jit: nothing concrete to check
 
 
-def _raise_on_overflow(network: str, names, flags, out) -> None:
-  ok = _all_true(flags)
-  if ok is None:
+def _all_finite(tree, mask_constant=None):
+  """One boolean: every inexact leaf of ``tree`` is finite (masked entries
+  excepted)."""
+  ok = jnp.asarray(True)
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+      if mask_constant is not None:
+        leaf = _masked(leaf, mask_constant)[0]
+      ok = ok & jnp.all(jnp.isfinite(leaf))
+  return ok
+
+
+def _raise_on_overflow(network: str, names, flags, out_ok) -> None:
+  ok = _all_true(list(flags) + [out_ok])
+  if ok is None or ok:
     return
-  bad = [n for n, f in zip(names, flags) if not bool(f)]
-  if not bad:
-    leaves = [l for l in jax.tree_util.tree_leaves(out)
-              if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.inexact)]
-    if _all_true(jnp.all(jnp.isfinite(l)) for l in leaves) is not False:
-      return
-    bad = [network]
+  bad = [n for n, f in zip(names, flags) if not bool(f)] or [network]
   dtype = jnp.result_type(float)
   hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
           "before building inputs, or reduce W_std / depth."
@@ -412,8 +428,9 @@ def freeze_static(v):
     return repr(v)
 
 
-def _validate_inputs(name: str, x1, x2, batch_axis: int = 0,
-                     mask_constant=None) -> None:
+def _validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
+  """Static checks (types, ranks, shapes); values are checked in the
+  compiled call (`_all_finite`)."""
   l1 = jax.tree_util.tree_leaves(x1)
   l2 = None if x2 is None else jax.tree_util.tree_leaves(x2)
   if not l1:
@@ -435,21 +452,6 @@ def _validate_inputs(name: str, x1, x2, batch_axis: int = 0,
         raise ValueError(
             f"{name}: x1 and x2 must have the same shape apart from the batch "
             f"axis; got x1 {tuple(a.shape)} and x2 {tuple(b.shape)}.")
-  for label, leaves in (("x1", l1), ("x2", l2 or [])):
-    for a in leaves:
-      try:
-        a = jnp.asarray(a)
-        if mask_constant is not None:
-          # Masked entries may hold any marker value, NaN or inf included.
-          a = _masked(a, mask_constant)[0]
-        bad = bool(jnp.any(~jnp.isfinite(a)))
-      except jax.errors.ConcretizationTypeError:
-        return  # traced under an outer jit: nothing concrete to check
-      except TypeError:
-        continue
-      if bad:
-        raise ValueError(f"{name}: {label} of shape {tuple(a.shape)} contains "
-                         f"NaN or infinite values.")
 
 
 def _masked(x, mask_constant):
