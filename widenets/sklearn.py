@@ -110,6 +110,22 @@ class _Kernels:
 class _KernelMixin:
   """Shared fitting and Gaussian prediction (used by both estimators)."""
 
+  # Shared by both estimators; scikit-learn reads the parameters from this
+  # signature (get_params / set_params / clone).
+  def __init__(self, architecture: Any = None, kernel: str = "ntk",
+               t: Optional[float] = None, diag_reg: float = 1e-4,
+               diag_reg_absolute_scale: bool = False,
+               input_shape: Optional[tuple] = None, batch_size: int = 0,
+               x64: bool = True):
+    self.architecture = architecture
+    self.kernel = kernel
+    self.t = t
+    self.diag_reg = diag_reg
+    self.diag_reg_absolute_scale = diag_reg_absolute_scale
+    self.input_shape = input_shape
+    self.batch_size = batch_size
+    self.x64 = x64
+
   def _check_params(self):
     if self.kernel not in ("nngp", "ntk"):
       raise ValueError(f"kernel must be 'nngp' or 'ntk'; got "
@@ -226,20 +242,6 @@ class KernelRegressor(_KernelMixin, RegressorMixin, BaseEstimator):
     n_features_in_: number of features seen in ``fit``.
   """
 
-  def __init__(self, architecture: Any = None, kernel: str = "ntk",
-               t: Optional[float] = None, diag_reg: float = 1e-4,
-               diag_reg_absolute_scale: bool = False,
-               input_shape: Optional[tuple] = None, batch_size: int = 0,
-               x64: bool = True):
-    self.architecture = architecture
-    self.kernel = kernel
-    self.t = t
-    self.diag_reg = diag_reg
-    self.diag_reg_absolute_scale = diag_reg_absolute_scale
-    self.input_shape = input_shape
-    self.batch_size = batch_size
-    self.x64 = x64
-
   def __sklearn_tags__(self):
     tags = super().__sklearn_tags__()
     tags.target_tags.multi_output = True
@@ -277,20 +279,6 @@ class KernelClassifier(_KernelMixin, ClassifierMixin, BaseEstimator):
     classes_: the class labels.
     X_fit_, targets_, k_train_train_, n_features_in_: as `KernelRegressor`.
   """
-
-  def __init__(self, architecture: Any = None, kernel: str = "ntk",
-               t: Optional[float] = None, diag_reg: float = 1e-4,
-               diag_reg_absolute_scale: bool = False,
-               input_shape: Optional[tuple] = None, batch_size: int = 0,
-               x64: bool = True):
-    self.architecture = architecture
-    self.kernel = kernel
-    self.t = t
-    self.diag_reg = diag_reg
-    self.diag_reg_absolute_scale = diag_reg_absolute_scale
-    self.input_shape = input_shape
-    self.batch_size = batch_size
-    self.x64 = x64
 
   def fit(self, X, y):
     """Fits on ``X (n, d)`` and labels ``y (n,)``."""
