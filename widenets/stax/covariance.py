@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import Kernel
+from . import chunking
 
 
 def n_spatial(k: Kernel) -> int:
@@ -189,7 +190,12 @@ def batch_diagonal_mask(k: Kernel):
     mask = (bi == bj)[:, None, None] & jnp.eye(b, dtype=bool)
     return mask.reshape(mask.shape + extra)
   n1, n2 = k.nngp.shape[:2]
-  return jnp.eye(n1, n2, dtype=bool).reshape((n1, n2) + extra)
+  offset = chunking.current_row_offset()
+  if offset is None:
+    return jnp.eye(n1, n2, dtype=bool).reshape((n1, n2) + extra)
+  # A row block of x1 (see `chunking`): its row i is sample i + offset.
+  mask = jnp.arange(n1)[:, None] + offset == jnp.arange(n2)[None, :]
+  return mask.reshape((n1, n2) + extra)
 
 
 def pack(k: Kernel) -> Kernel:

@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._memory import release_free_memory
 from ..kernel import Kernel, check_get, get_from
-from . import covariance
+from . import chunking, covariance
 
 __all__ = ["Requirements", "KernelFn", "layer", "inputs_to_kernel",
            "output_shape", "is_kernel_tree"]
@@ -158,6 +159,8 @@ class KernelFn:
     self._jitted = jax.jit(self._compute, static_argnums=(3,))
     # Layer names of the finiteness flags each compiled call returns.
     self._flag_names: dict = {}
+    # (config, input avals) already compiled ahead of their first call.
+    self._compiled: set = set()
 
   def __repr__(self) -> str:
     return f"<kernel_fn of {self.name}>"
@@ -241,11 +244,31 @@ class KernelFn:
                 mask_constant is None and not dynamic and
                 self.reqs.batch_axis in (None, 0) and
                 isinstance(x1, (jax.Array, np.ndarray)) and x1.shape[0] > 1)
+    row_chunk = None
+    if (x2 is not None and self.reqs.packable and diagonal_batch and
+        mask_constant is None and not dynamic and
+        self.reqs.batch_axis in (None, 0) and
+        all(isinstance(x, (jax.Array, np.ndarray)) for x in (x1, x2))):
+      row_chunk = chunking.choose_rows(
+          x1.shape[0], x2.shape[0] * self._pair_entries(x1, diagonal_spatial),
+          jnp.dtype(jnp.result_type(x1.dtype, float)).itemsize)
     config = dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
-        packable=bool(packable), static=tuple(sorted(static.items())))
+        packable=bool(packable), row_chunk=row_chunk,
+        static=tuple(sorted(static.items())))
     key = _Hashable(config)
+    args = (x1, x2, dynamic)
+    if _concrete(args):
+      signature = (key, jax.tree_util.tree_structure(args),
+                   tuple((np.shape(a), str(getattr(a, "dtype", type(a))))
+                         for a in jax.tree_util.tree_leaves(args)))
+      if signature not in self._compiled:
+        # Compile first and hand the compiler's freed memory back before the
+        # call allocates its buffers (see `_memory`); jit reuses the result.
+        self._jitted.lower(x1, x2, dynamic, key).compile()
+        self._compiled.add(signature)
+      release_free_memory()
     out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, key)
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if _all_true([ok]) is False:
@@ -255,6 +278,14 @@ class KernelFn:
     _raise_on_overflow(self.name, self._flag_names.get(key, ()), flags,
                        out_ok)
     return get_from(out, get)
+
+  def _pair_entries(self, x1, diagonal_spatial: bool) -> int:
+    """Entries of ``nngp[i, j]`` at the inputs (the spatial covariances)."""
+    channel = -1 if self.reqs.channel_axis is None else self.reqs.channel_axis
+    spatial = [d for i, d in enumerate(x1.shape)
+               if i not in (0, channel % x1.ndim)]
+    size = int(np.prod(spatial)) if spatial else 1
+    return size if diagonal_spatial else size * size
 
   def _compute(self, x1, x2, dynamic, config):
     c = config.value
@@ -274,22 +305,16 @@ class KernelFn:
     # (fused reductions) rather than by eager passes around it.
     inputs_ok = (_all_finite(x1, c["mask_constant"]),
                  _all_finite(x2, c["mask_constant"]))
+
     n = x1.shape[0] if c["packable"] else None
-    if c["packable"]:
-      # Pad to whole blocks with copies of the first sample (not zeros, so no
-      # layer sees a degenerate zero variance); trimmed below.
-      n_blocks, b = covariance.block_layout(n)
-      x1 = jnp.concatenate([x1, jnp.repeat(x1[:1], n_blocks * b - n, 0)])
-    if x2 is None:
-      k = jax.tree_util.tree_map(lambda a: to_kernel(a, None), x1)
-    else:
-      k = jax.tree_util.tree_map(to_kernel, x1, x2)
-    if c["packable"]:
-      k = covariance.pack(k)
-    with collect_finite_flags() as recorded:
-      out = self.apply(k, **dict(c["static"]), **dynamic)
-    self._flag_names[config] = tuple(name for name, _ in recorded)
-    flags = [flag for _, flag in recorded]
+
+    def evaluate(k):
+      with collect_finite_flags() as recorded:
+        out = self.apply(k, **dict(c["static"]), **dynamic)
+      self._flag_names[config] = tuple(name for name, _ in recorded)
+      out = jax.tree_util.tree_map(finish, out,
+                                   is_leaf=lambda l: isinstance(l, Kernel))
+      return out, [flag for _, flag in recorded]
 
     def finish(kk):
       if kk.packed:
@@ -309,9 +334,48 @@ class KernelFn:
         kk = kk.replace(**drop)
       return kk
 
-    out = jax.tree_util.tree_map(finish, out,
-                                 is_leaf=lambda l: isinstance(l, Kernel))
+    if c["row_chunk"]:
+      # Whole network on row blocks of x1 (see `chunking`).
+      flag = (same_inputs(x1, x2) if np.shape(x1) == np.shape(x2)
+              else False)
+
+      def block(x1_rows, offset):
+        k = inputs_to_kernel(
+            x1_rows, x2, diagonal_batch=True,
+            diagonal_spatial=c["diagonal_spatial"], compute_ntk=compute_ntk,
+            channel_axis=-1 if reqs.channel_axis is None
+            else reqs.channel_axis, x1_is_x2=flag, row_offset=offset)
+        with chunking.row_offset(offset):
+          out, flags = evaluate(k)
+        return out, flags, _all_finite(out)
+
+      out, flags, out_ok = chunking.map_rows(block, x1, c["row_chunk"])
+      return out, flags, inputs_ok, out_ok
+
+    if c["packable"]:
+      # Pad to whole blocks with copies of the first sample (not zeros, so no
+      # layer sees a degenerate zero variance); trimmed in `finish`.
+      n_blocks, b = covariance.block_layout(n)
+      x1 = jnp.concatenate([x1, jnp.repeat(x1[:1], n_blocks * b - n, 0)])
+    if x2 is None:
+      k = jax.tree_util.tree_map(lambda a: to_kernel(a, None), x1)
+    else:
+      k = jax.tree_util.tree_map(to_kernel, x1, x2)
+    if c["packable"]:
+      k = covariance.pack(k)
+    out, flags = evaluate(k)
     return out, flags, inputs_ok, _all_finite(out)
+
+def _concrete(tree) -> bool:
+  """All leaves are concrete arrays (not tracers of an enclosing transform)."""
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if isinstance(leaf, (np.ndarray, np.generic)):
+      continue
+    try:
+      leaf.addressable_shards  # raises on tracers
+    except Exception:  # noqa: BLE001 - any failure means "not concrete"
+      return False
+  return True
 
 
 def _has_masks(k) -> bool:
@@ -464,27 +528,40 @@ def _masked(x, mask_constant):
   return jnp.where(mask, 0, x), mask
 
 
+def same_inputs(x1, x2):
+  """Traced boolean: ``x2`` is None or equals ``x1`` (the kernels' x1_is_x2)."""
+  if x2 is None:
+    return jnp.asarray(True)
+  if jnp.shape(x2) != jnp.shape(x1):
+    return jnp.asarray(False)
+  return jnp.all(jnp.abs(jnp.asarray(x1) - jnp.asarray(x2)) < 1e-12)
+
+
 def inputs_to_kernel(x1, x2, *, diagonal_batch: bool, diagonal_spatial: bool,
                      compute_ntk: bool, batch_axis: int = 0,
                      channel_axis: Optional[int] = -1,
-                     mask_constant: Optional[float] = None) -> Kernel:
+                     mask_constant: Optional[float] = None,
+                     x1_is_x2=None, row_offset=None) -> Kernel:
   """The `Kernel` of raw inputs: ``nngp = x1 . x2 / n_channels``.
 
   Covariances are taken over the channel axis; other non-batch axes are
   spatial and kept pairwise (or only diagonally). ``channel_axis=None``
   flattens all non-batch axes into channels.
+
+  ``row_offset`` (traced int): ``x1`` is rows ``offset:offset + len(x1)`` of
+  the whole first batch (a `chunking` block; needs ``x2``, ``batch_axis=0``
+  and ``diagonal_batch``); ``x1_is_x2`` is then the whole batches' flag
+  (Python ``False`` when their shapes differ).
   """
   dtype = jnp.result_type(float)
   x1 = jnp.asarray(x1)
   if not jnp.issubdtype(x1.dtype, jnp.floating):
     x1 = x1.astype(dtype)
   x2 = None if x2 is None else jnp.asarray(x2, x1.dtype)
-  if x2 is None:
-    x1_is_x2 = jnp.asarray(True)
-  elif x2.shape != x1.shape:
-    x1_is_x2 = jnp.asarray(False)
-  else:
-    x1_is_x2 = jnp.all(jnp.abs(x1 - x2) < 1e-12)
+  # Python False: the whole batches differ in shape (row blocks only).
+  maybe_same = x1_is_x2 is not False
+  x1_is_x2 = same_inputs(x1, x2) if x1_is_x2 is None else jnp.asarray(
+      x1_is_x2)
   if channel_axis is None:
     flat = lambda x: None if x is None else jnp.moveaxis(
         x, batch_axis, 0).reshape(x.shape[batch_axis], -1)
@@ -523,7 +600,20 @@ def inputs_to_kernel(x1, x2, *, diagonal_batch: bool, diagonal_spatial: bool,
                       ) / n_channels
 
   nngp = cov(a, a if b is None else b, False)
-  if b is None and diagonal_batch:
+  if row_offset is not None:
+    # Where the whole batches are equal, sample i of this block is sample
+    # i + offset of x2: put x2's variances there, so that rules see exactly
+    # zero angle, as `covariance.nngp_variances` does for x2=None.
+    cov2 = cov(b, b, True)
+    cov1 = cov(a, a, True)
+    if maybe_same:
+      diag = jnp.arange(a.shape[0])[:, None] + row_offset == jnp.arange(
+          b.shape[0])[None, :]
+      diag = (diag & x1_is_x2).reshape(diag.shape + (1,) * (nngp.ndim - 2))
+      nngp = jnp.where(diag, cov2[None], nngp)
+      cov1 = jnp.where(x1_is_x2, jax.lax.dynamic_slice_in_dim(
+          cov2, row_offset, a.shape[0]), cov1)
+  elif b is None and diagonal_batch:
     # The same numbers as nngp's diagonal, so that rules see exactly zero
     # angle there (a separate reduction would differ by round-off, which the
     # arc-cosine kernels amplify to sqrt(eps)).
@@ -531,8 +621,9 @@ def inputs_to_kernel(x1, x2, *, diagonal_batch: bool, diagonal_spatial: bool,
     cov1 = jnp.moveaxis(cov1, -1, 0)
   else:
     cov1 = cov(a, a, diagonal_batch)
-  cov2 = None if b is None else cov(b, b, diagonal_batch)
-  if b is not None and a.shape == b.shape:
+  if row_offset is None:
+    cov2 = None if b is None else cov(b, b, diagonal_batch)
+  if row_offset is None and b is not None and a.shape == b.shape:
     # x2 passed equal to x1: take the same numbers from nngp's diagonal too,
     # so x2=x1 gives x2=None's kernel to round-off instead of sqrt(eps).
     same = (jnp.moveaxis(jnp.diagonal(nngp, axis1=0, axis2=1), -1, 0)
