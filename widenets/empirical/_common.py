@@ -123,10 +123,36 @@ def contract(a: jax.Array, b: jax.Array, ndim: int, trace_axes: Axes,
   diagonal_axes = canonical_axes(diagonal_axes, ndim, "diagonal_axes")
   check_trace_diagonal(a.shape[:ndim], b.shape[:ndim], trace_axes,
                        diagonal_axes)
+  size = trace_size(a.shape, trace_axes)
+  if not diagonal_axes:
+    return _gram(a, b, ndim, trace_axes) / size
   ids1, ids2, out = output_ids(ndim, trace_axes, diagonal_axes)
-  extra = list(range(2 * ndim, 2 * ndim + a.ndim - ndim))
+  a = a.reshape(a.shape[:ndim] + (-1,))
+  b = b.reshape(b.shape[:ndim] + (-1,))
+  extra = [2 * ndim]
   res = jnp.einsum(a, ids1 + extra, b, ids2 + extra, out)
-  return res / trace_size(a.shape, trace_axes)
+  return res / size
+
+
+def _gram(a: jax.Array, b: jax.Array, ndim: int, trace_axes) -> jax.Array:
+  """``contract`` without diagonal axes, as one 2-D ``A^T B``.
+
+  Parameter and traced axes are moved to the front and flattened into the
+  contracting axis ``K``: ``A (K, M)``, ``B (K, N)``. XLA's CPU dot is fast
+  on this form and up to ~5x slower when ``K`` is the minor axis of a
+  ``(M, K)`` operand with small ``M`` (a Jacobian ``(samples, params)``); the
+  transposes fuse into the Jacobian's producers.
+  """
+  free = [i for i in range(ndim) if i not in trace_axes]
+  front = list(range(ndim, a.ndim)) + list(trace_axes)
+  m_shape = [a.shape[i] for i in free]
+  n_shape = [b.shape[i] for i in free]
+  a2 = jnp.transpose(a, front + free).reshape(-1, int(np.prod(m_shape)))
+  b2 = jnp.transpose(b, front + free).reshape(-1, int(np.prod(n_shape)))
+  res = jax.lax.dot_general(a2, b2, (((0,), (0,)), ((), ())))
+  res = res.reshape(m_shape + n_shape)
+  k = len(free)  # zip: (i, i') per free output axis
+  return jnp.transpose(res, [j for i in range(k) for j in (i, k + i)])
 
 
 def check_trace_diagonal(shape1, shape2, trace_axes, diagonal_axes) -> None:

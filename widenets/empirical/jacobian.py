@@ -2,7 +2,9 @@
 
 ``Theta(x1, x2) = sum_p J1[o1, p] J2[o2, p]`` with ``J = df/dparams`` from
 reverse mode. With ``vmap_axes`` the Jacobian of one slice (sample) at a time
-is computed and vmapped, so no cross-sample zeros are ever formed. Under
+is computed and vmapped, so no cross-sample zeros are ever formed.
+Convolution weight gradients use `conv_grad` (a batched matmul instead of
+XLA's slow grouped convolution). Under
 ``jit`` XLA contracts leaf by leaf, so the peak is the largest per-leaf
 Jacobian, not the whole Jacobian.
 """
@@ -15,6 +17,7 @@ import jax
 from jax.tree_util import tree_map, tree_reduce
 
 from . import _common as C
+from .conv_grad import with_fast_conv_grads
 
 __all__ = ["jacobian_fn", "jacobian_contraction_ntk_fn"]
 
@@ -25,9 +28,10 @@ def jacobian_fn(f: Callable, spec: C.VmapSpec, keys) -> Callable:
   if not spec.active:
     def j(params, x, *args):
       kw = dict(zip(keys, args))
-      return jax.jacrev(lambda p: f(p, x, **kw))(params)
+      return jax.jacrev(with_fast_conv_grads(lambda p: f(p, x, **kw)))(
+          params)
     return j
-  g = C.per_sample_fn(f, spec, keys)
+  g = with_fast_conv_grads(C.per_sample_fn(f, spec, keys))
   jac = jax.jacrev(g)
   return jax.vmap(jac, in_axes=[None] + C.vmap_in_axes(spec, keys),
                   out_axes=spec.fx_axis)

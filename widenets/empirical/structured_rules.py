@@ -180,6 +180,16 @@ def _j_dot_general(ct, invals, pos, params):
   return jnp.einsum(ct, ids["y"], invals[1 - pos], ids["other"], ids["w"])
 
 
+def _j_conv(ct, invals, pos, params):
+  # The kernel's Jacobian: shifted input slices times the cotangent (see
+  # `conv_grad`; JAX's VJP would run a slow grouped convolution under vmap).
+  # The input's Jacobian falls back to the VJP (a transposed convolution).
+  if pos != 1:
+    return None
+  from .conv_grad import weight_grad
+  return weight_grad(invals[0], ct, jnp.shape(invals[1]), params)
+
+
 JACOBIAN_RULES = {
     "add": _j_add, "add_any": _j_add, "sub": _j_sub, "neg": _j_neg,
     "mul": _j_mul, "div": _j_div,
@@ -188,7 +198,7 @@ JACOBIAN_RULES = {
     "expand_dims": _j_reshape, "convert_element_type": _j_convert,
     "copy": lambda ct, *a: ct, "copy_p": lambda ct, *a: ct,
     "pad": _j_pad, "concatenate": _j_concatenate,
-    "dot_general": _j_dot_general,
+    "dot_general": _j_dot_general, "conv_general_dilated": _j_conv,
 }
 
 # Primitives whose Jacobian rule is the (structured) VJP JAX already has:
