@@ -24,12 +24,13 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 from jax.tree_util import tree_flatten, tree_unflatten
+
+from . import structured_rules as R
 
 __all__ = ["supported", "weight_grad", "with_fast_conv_grads"]
 
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
+_CALLS = R.CALLS
 _LETTERS = "abdefghijlmpqrstuvwxyz"  # spatial ids; c, k, n, o are taken
 
 
@@ -81,8 +82,7 @@ def weight_grad(lhs: jax.Array, ct: jax.Array, rhs_shape, params: dict
 
 
 def _bind(eqn, invals):
-  from .structured_rules import bind
-  return bind(eqn, invals)
+  return R.bind(eqn, invals)
 
 
 def _fast_conv(eqn) -> Callable:
@@ -116,29 +116,16 @@ def _has_conv(jaxpr) -> bool:
 
 
 def _eval(jaxpr, consts, args):
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jcore.Literal) else env[v]
-
-  for v, a in zip(jaxpr.constvars, consts):
-    env[v] = a
-  for v, a in zip(jaxpr.invars, args):
-    env[v] = a
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
+  def step(i, eqn, invals):
     name = eqn.primitive.name
     if name == "conv_general_dilated" and supported(eqn.params):
-      outs = [_fast_conv(eqn)(*invals)]
-    elif name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
+      return [_fast_conv(eqn)(*invals)]
+    if name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
       inner = eqn.params["jaxpr"]
-      outs = _eval(inner.jaxpr, inner.consts, invals)
-    else:
-      outs = _bind(eqn, invals)
-    for v, o in zip(eqn.outvars, outs):
-      if not isinstance(v, jcore.DropVar):
-        env[v] = o
-  return [read(v) for v in jaxpr.outvars]
+      return _eval(inner.jaxpr, inner.consts, invals)
+    return _bind(eqn, invals)
+
+  return R.eval_jaxpr(jaxpr, consts, args, step)
 
 
 def with_fast_conv_grads(fn: Callable) -> Callable:

@@ -39,8 +39,7 @@ from . import structured_rules as R
 
 __all__ = ["structured_derivatives_ntk_fn", "analyze", "Plan"]
 
-# Call-like primitives whose body is a closed jaxpr in ``params['jaxpr']``.
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
+_CALLS = R.CALLS
 
 
 @dataclasses.dataclass
@@ -161,18 +160,8 @@ def analyze(closed, n_params: int) -> Plan:
 def _run(jaxpr, consts, args, path, plan: Plan, eps: dict, record: dict):
   """Evaluates ``jaxpr`` adding ``eps[key]`` to each site's outputs and
   recording each site's operands in ``record[key]``."""
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jcore.Literal) else env[v]
-
-  for v, a in zip(jaxpr.constvars, consts):
-    env[v] = a
-  for v, a in zip(jaxpr.invars, args):
-    env[v] = a
-  for i, eqn in enumerate(jaxpr.eqns):
+  def step(i, eqn, invals):
     key = path + (i,)
-    invals = [read(v) for v in eqn.invars]
     if key in plan.recurse:
       inner = eqn.params["jaxpr"]
       outs = _run(inner.jaxpr, inner.consts, invals, key, plan, eps, record)
@@ -181,10 +170,9 @@ def _run(jaxpr, consts, args, path, plan: Plan, eps: dict, record: dict):
     if key in plan.sites:
       record[key] = invals
       outs = [o if e is None else o + e for o, e in zip(outs, eps[key])]
-    for v, o in zip(eqn.outvars, outs):
-      if not isinstance(v, jcore.DropVar):
-        env[v] = o
-  return [read(v) for v in jaxpr.outvars]
+    return outs
+
+  return R.eval_jaxpr(jaxpr, consts, args, step)
 
 
 def _zero_eps(plan: Plan) -> dict:

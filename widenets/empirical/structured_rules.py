@@ -27,8 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["StructureWarning", "bind", "jacobian", "MJJMP_RULES",
+__all__ = ["StructureWarning", "bind", "eval_jaxpr", "jacobian", "MJJMP_RULES",
            "JACOBIAN_RULES", "PASS_THROUGH", "generic_jacobian"]
+
+
+# Call-like primitives whose body is a closed jaxpr in ``params['jaxpr']``.
+CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
 
 
 class StructureWarning(UserWarning):
@@ -44,6 +48,26 @@ def bind(eqn, invals: Sequence) -> list:
   else:
     out = eqn.primitive.bind(*invals, **bound)
   return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def eval_jaxpr(jaxpr, consts: Sequence, args: Sequence,
+               step: Callable) -> list:
+  """Evaluates ``jaxpr`` with ``step(index, eqn, invals) -> outputs`` for
+  each equation (e.g. `bind`, or a substitute)."""
+  from jax.extend import core as jcore
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jcore.Literal) else env[v]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for i, eqn in enumerate(jaxpr.eqns):
+    outs = step(i, eqn, [read(v) for v in eqn.invars])
+    for v, o in zip(eqn.outvars, outs):
+      if not isinstance(v, jcore.DropVar):
+        env[v] = o
+  return [read(v) for v in jaxpr.outvars]
 
 
 # Unary primitives that only permute/reshape/retype their input: an
