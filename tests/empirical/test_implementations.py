@@ -210,3 +210,20 @@ def test_ntk_vector_products_in_sample_chunks(monkeypatch):
     got = nt.empirical_ntk_fn(f, trace_axes, vmap_axes=0, implementation=2)(
         x1, x2, params)
     _close(got, reference_ntk(f, params, x1, x2, trace_axes, ()))
+
+
+@pytest.mark.parametrize("model", ["fc", "cnn"])
+@pytest.mark.parametrize("n", [4, 9])
+@pytest.mark.parametrize("axes", [((-1,), ()), ((), ()), ((), (-1,))])
+def test_ntk_vector_products_x2_none_uses_symmetry(model, n, axes):
+  # x2=None runs only the sample-block pairs I <= J and mirrors the rest.
+  f, params, s1, _ = MODELS[model]()
+  x = inputs((n,) + tuple(s1[1:]), 3)
+  trace_axes, diagonal_axes = axes
+  got = nt.empirical_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes=0,
+                            implementation=2)(x, None, params)
+  _close(got, reference_ntk(f, params, x, None, trace_axes, diagonal_axes))
+  # Exactly symmetric: Theta[(i, a), (j, b)] == Theta[(j, b), (i, a)].
+  perm = {2: (1, 0), 3: (1, 0, 2), 4: (1, 0, 3, 2)}[got.ndim]
+  np.testing.assert_array_equal(np.asarray(got),
+                                np.transpose(np.asarray(got), perm))

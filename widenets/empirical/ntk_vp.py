@@ -105,6 +105,47 @@ def _map_samples(fn, in_axes, args, rows: int):
   return tree_map(lambda *o: jnp.concatenate(o), *outs)
 
 
+def _symmetric_rows(rows_against: Callable, x, args: list,
+                    out_shape: tuple):
+  """``R[i, a, j, b] = Theta[(i, a), (j, b)]`` of ``x`` with itself, from
+  the block pairs ``I <= J`` of `_MAX_CHUNKS` sample blocks only.
+
+  ``rows_against(lo)(x_i, *args)`` gives one sample's rows against samples
+  ``x[lo:]`` (``args``: unbatched keyword-argument values). Block ``I`` is computed against ``x[start_I:]``
+  (about (B + 1) / 2B of all pairs for B blocks); the rest is mirrored, so
+  the result is exactly symmetric.
+  """
+  n = x.shape[0]
+  n_blocks = min(_MAX_CHUNKS, n)
+  size = -(-n // n_blocks)
+  k = len(out_shape)
+  full = (slice(None),) * k
+  r = jnp.zeros((n,) + tuple(out_shape) + (n,) + tuple(out_shape),
+                jnp.result_type(x.dtype, float))
+  prev = None
+  for lo in range(0, n, size):
+    hi = min(lo + size, n)
+    part = x[lo:hi]
+    if prev is not None:
+      prev, part = jax.lax.optimization_barrier((prev, part))
+    block = jax.vmap(rows_against(lo), in_axes=[0] + [None] * len(args))(
+        part, *args)  # (hi-lo, *O, n-lo, *O)
+    prev = block
+    perm = list(range(k + 1, 2 * k + 2)) + list(range(k + 1))
+    # The block against itself: averaged with its transpose, so that the
+    # whole kernel is exactly symmetric (its two halves differ by round-off).
+    own = (slice(None),) + full + (slice(0, hi - lo),) + full
+    block = block.at[own].set((block[own] + jnp.transpose(block[own], perm))
+                              / 2)
+    r = r.at[(slice(lo, hi),) + full + (slice(lo, n),) + full].set(
+        block.astype(r.dtype))
+    if hi < n:
+      below = block[(slice(None),) + full + (slice(hi - lo, None),) + full]
+      r = r.at[(slice(hi, n),) + full + (slice(lo, hi),) + full].set(
+          jnp.transpose(below, perm).astype(r.dtype))
+  return r
+
+
 def _trace_and_diagonal(r, ndim: int, trace_axes, diagonal_axes):
   """Takes traces/diagonals of ``r`` of shape ``fx1.shape + fx2.shape``."""
   trace_axes = C.canonical_axes(trace_axes, ndim, "trace_axes")
@@ -122,11 +163,21 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
   def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
     kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
     fx1 = C.check_params(f, params, x1, kw1)
-    if C.all_none(x2):
+    symmetric = C.all_none(x2)
+    if symmetric:
       x2, kw2, fx2 = x1, kw1, fx1
     else:
       fx2 = C.check_params(f, params, x2, kw2)
     spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
+    # x2=None: Theta is symmetric, so only pairs i <= j (by sample blocks)
+    # are computed, for a plain array batch along axis 0 and keyword
+    # arguments without arrays (an ``rng`` would draw differently for a
+    # block than for the whole batch).
+    symmetric = (symmetric and spec.active and
+                 isinstance(x1, (jax.Array, np.ndarray)) and
+                 spec.x_axis == 0 and x1.shape[0] >= 4 and
+                 not any(hasattr(leaf, "shape") for leaf in
+                         jax.tree_util.tree_leaves(kwargs)))
     keys = tuple(kwargs)
     f2 = lambda p: f(p, x2, **kw2)
     leaves1 = jax.tree_util.tree_leaves(fx1)
@@ -144,15 +195,22 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
         axis = jax.tree_util.tree_leaves(spec.fx_axis)[i]
         g = with_fast_conv_grads(C.per_sample_fn(f, spec, keys))
 
-        def per_sample(x, *args):
-          fx_s, vjp_fn = jax.vjp(lambda p: g(p, x, *args), params)
-          shape = jax.tree_util.tree_leaves(fx_s)[i].shape
-          return _rows(vjp_fn, fx_s, f2, params, i, shape, l1.dtype)
+        def against(f_other, i=i):
+          def per_sample(x, *args):
+            fx_s, vjp_fn = jax.vjp(lambda p: g(p, x, *args), params)
+            shape = jax.tree_util.tree_leaves(fx_s)[i].shape
+            return _rows(vjp_fn, fx_s, f_other, params, i, shape, l1.dtype)
+          return per_sample
 
-        r = _map_samples(per_sample, C.vmap_in_axes(spec, keys),
-                         [x1] + [kw1[k] for k in keys],
-                         rows=l1.size // l1.shape[axis] * l2.size)
-        r = jnp.moveaxis(r, 0, axis)
+        if symmetric and axis == 0:
+          r = _symmetric_rows(
+              lambda lo: against(lambda p: f(p, x1[lo:], **kw2)), x1,
+              [kw1[k] for k in keys], l1.shape[1:])
+        else:
+          r = _map_samples(against(f2), C.vmap_in_axes(spec, keys),
+                           [x1] + [kw1[k] for k in keys],
+                           rows=l1.size // l1.shape[axis] * l2.size)
+          r = jnp.moveaxis(r, 0, axis)
       out.append(_trace_and_diagonal(r, len(l1.shape), trace_axes,
                                      diagonal_axes))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fx1), out)
