@@ -158,3 +158,11 @@ def test_ntk_of_strided_grouped_nested_convs(impl, vmap_axes):
                             implementation=impl)(x1, x2, p)
   np.testing.assert_allclose(got, ref, rtol=1e-4,
                              atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_has_conv_sees_nested_convolutions():
+  p = _net_params()
+  x = jnp.ones((2, 6, 6, 3))
+  assert conv_grad.has_conv(_net, p, x)
+  assert not conv_grad.has_conv(lambda q, y: jnp.tanh(y @ q), jnp.ones((3, 2)),
+                                jnp.ones((4, 3)))

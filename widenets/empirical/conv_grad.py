@@ -28,7 +28,7 @@ from jax.tree_util import tree_flatten, tree_unflatten
 
 from . import structured_rules as R
 
-__all__ = ["supported", "weight_grad", "with_fast_conv_grads"]
+__all__ = ["supported", "weight_grad", "has_conv", "with_fast_conv_grads"]
 
 _CALLS = R.CALLS
 _LETTERS = "abdefghijlmpqrstuvwxyz"  # spatial ids; c, k, n, o are taken
@@ -126,6 +126,11 @@ def _eval(jaxpr, consts, args):
     return _bind(eqn, invals)
 
   return R.eval_jaxpr(jaxpr, consts, args, step)
+
+
+def has_conv(fn: Callable, *args) -> bool:
+  """Whether ``fn(*args)`` runs a (supported) convolution."""
+  return _has_conv(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def with_fast_conv_grads(fn: Callable) -> Callable:
