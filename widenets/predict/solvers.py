@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import dataclasses
 import warnings
 from typing import Any, Optional
@@ -64,6 +65,16 @@ def _compute_dtype(solver_dtype, kernel_dtype):
 @jax.jit
 def _cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
   return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _factor(a: jax.Array, diag_reg, absolute: bool):
+  """``(all finite, mean |diagonal|, regularizer, factor, factor ok)``."""
+  n = a.shape[0]
+  scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(a.dtype).tiny
+  reg = regularizer(a, diag_reg, absolute).astype(a.dtype)
+  chol = jnp.linalg.cholesky(a + reg * jnp.eye(n, dtype=a.dtype))
+  return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
 
 
 def _is_ok(chol: jax.Array) -> jax.Array:
@@ -126,19 +137,18 @@ class Cholesky:
     with precision(dtype):
       a = jnp.asarray(k2d, dtype)
       n = a.shape[0]
+      # One compiled call for the checks, the regularizer and the factor:
+      # separate eager ops each held an (n, n) buffer and a compiled program.
+      finite, scale, reg0, chol, ok = _factor(a, diag_reg, bool(absolute))
       if is_concrete(a):
-        if not bool(jnp.all(jnp.isfinite(a))):
+        if not bool(finite):
           raise ValueError(f"The ({n}, {n}) train-train kernel contains NaN "
                            f"or inf entries; check the inputs and the "
                            f"network (e.g. NaN inputs).")
         if self.check_psd:
           check_psd(a, name="k_train_train", warn=True)
-      scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(dtype).tiny
-      reg0 = regularizer(a, diag_reg, absolute).astype(dtype)
-      chol = _cholesky(a, reg0)
       if self.on_failure == "nan":
         return Factor(chol, dtype, out_dtype, reg0)
-      ok = _is_ok(chol)
       if is_concrete(ok):
         chol, reg = self._escalate_eager(a, chol, bool(ok), reg0, scale,
                                          diag_reg)
