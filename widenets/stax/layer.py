@@ -263,12 +263,14 @@ class KernelFn:
       signature = (key, jax.tree_util.tree_structure(args),
                    tuple((np.shape(a), str(getattr(a, "dtype", type(a))))
                          for a in jax.tree_util.tree_leaves(args)))
-      if signature not in self._compiled:
+      new = signature not in self._compiled
+      if new:
         # Compile first and hand the compiler's freed memory back before the
         # call allocates its buffers (see `_memory`); jit reuses the result.
         self._jitted.lower(x1, x2, dynamic, key).compile()
         self._compiled.add(signature)
-      release_free_memory()
+      if new or _output_bytes(x1, x2) >= _TRIM_BYTES:
+        release_free_memory()
     out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, key)
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if _all_true([ok]) is False:
@@ -365,6 +367,18 @@ class KernelFn:
       k = covariance.pack(k)
     out, flags = evaluate(k)
     return out, flags, inputs_ok, _all_finite(out)
+
+# Calls whose kernels are smaller than this skip the heap trim: many small
+# calls (batching in small blocks) would each pay for it, for little memory.
+_TRIM_BYTES = 1 << 22
+
+
+def _output_bytes(x1, x2) -> int:
+  """Bytes of one (N1, N2) float32 kernel of these inputs (a lower bound)."""
+  a = jax.tree_util.tree_leaves(x1)[0]
+  b = a if x2 is None else jax.tree_util.tree_leaves(x2)[0]
+  return 4 * int(np.shape(a)[0]) * int(np.shape(b)[0])
+
 
 def _concrete(tree) -> bool:
   """All leaves are concrete arrays (not tracers of an enclosing transform)."""
