@@ -201,11 +201,19 @@ def test_non_array_kwargs_are_passed_through():
       _close(got, ref)
 
 
-def test_ntk_vector_products_in_sample_chunks(monkeypatch):
+@pytest.mark.parametrize("model", ["fc", "cnn"])
+@pytest.mark.parametrize("x2_none", [False, True])
+@pytest.mark.parametrize("rows_per_chunk,max_chunks", [(8, 8), (8, 2)])
+def test_ntk_vector_products_in_sample_chunks(monkeypatch, model, x2_none,
+                                              rows_per_chunk, max_chunks):
+  # (8, 8): unrolled chunks; (8, 2): more chunks than unrolled -> lax.map.
+  # x2=None with blocks too big for the row budget leaves the symmetric form.
   from widenets.empirical import ntk_vp
-  monkeypatch.setattr(ntk_vp, "_ROWS_PER_CHUNK", 8)
-  f, params, s1, s2 = MODELS["fc"]()
-  x1, x2 = inputs(s1, 0), inputs(s2, 1)
+  monkeypatch.setattr(ntk_vp, "_ROWS_PER_CHUNK", rows_per_chunk)
+  monkeypatch.setattr(ntk_vp, "_MAX_CHUNKS", max_chunks)
+  f, params, s1, s2 = MODELS[model]()
+  x1 = inputs((5,) + tuple(s1[1:]), 0)
+  x2 = None if x2_none else inputs(s2, 1)
   for trace_axes in ((-1,), ()):
     got = nt.empirical_ntk_fn(f, trace_axes, vmap_axes=0, implementation=2)(
         x1, x2, params)

@@ -20,7 +20,7 @@ import numpy as np
 from jax.tree_util import tree_map
 
 from . import _common as C
-from .conv_grad import with_fast_conv_grads
+from .conv_grad import has_conv, with_fast_conv_grads
 
 __all__ = ["ntk_vector_products_ntk_fn", "empirical_ntk_vp_fn"]
 
@@ -83,7 +83,6 @@ def _pairwise_rows(g, params, index: int, a, others, args, dtype):
 
 def _prefers_pairs(g, params, x, args) -> bool:
   """Per-pair rows (`_pairwise_rows`) unless ``g`` has convolutions."""
-  from .conv_grad import has_conv
   return not has_conv(lambda p, xa: g(p, xa, *args), params, x[0])
 
 
@@ -119,9 +118,11 @@ def _map_samples(fn, in_axes, args, rows: int):
   if n is None:
     return jax.vmap(fn, in_axes=in_axes)(*args)
   size = max(1, min(n, _ROWS_PER_CHUNK // max(rows, 1)))
-  n_chunks = min(-(-n // size), _MAX_CHUNKS)
+  n_chunks = -(-n // size)
   if n_chunks <= 1:
     return jax.vmap(fn, in_axes=in_axes)(*args)
+  if n_chunks > _MAX_CHUNKS:
+    return _loop_samples(fn, in_axes, args, size)
   size = -(-n // n_chunks)
 
   def chunk(start):
@@ -140,15 +141,39 @@ def _map_samples(fn, in_axes, args, rows: int):
   return tree_map(lambda *o: jnp.concatenate(o), *outs)
 
 
+def _loop_samples(fn, in_axes, args, size: int):
+  """`_map_samples` for many chunks: a `lax.map` loop (slower, bounded
+  memory and compile time), or one vmap where `lax.map` cannot slice."""
+  # lax.map slices every leaf of a mapped argument: only usable when no leaf
+  # inside a mapped argument is itself unmapped.
+  all_mapped = all(
+      all(ax is not None for ax in jax.tree_util.tree_leaves(
+          a, is_leaf=lambda v: v is None))
+      for a in in_axes if a is not None)
+  if not all_mapped:
+    return jax.vmap(fn, in_axes=in_axes)(*args)
+  mapped = [i for i, a in enumerate(in_axes) if a is not None]
+  moved = [tree_map(lambda v, ax: jnp.moveaxis(v, ax, 0), args[i], in_axes[i])
+           for i in mapped]
+
+  def body(slices):
+    full = list(args)
+    for i, v in zip(mapped, slices):
+      full[i] = v
+    return fn(*full)
+
+  return jax.lax.map(body, moved, batch_size=size)
+
+
 def _symmetric_rows(rows_against: Callable, x, args: list,
                     out_shape: tuple):
   """``R[i, a, j, b] = Theta[(i, a), (j, b)]`` of ``x`` with itself, from
   the block pairs ``I <= J`` of `_MAX_CHUNKS` sample blocks only.
 
   ``rows_against(lo)(x_i, *args)`` gives one sample's rows against samples
-  ``x[lo:]`` (``args``: unbatched keyword-argument values). Block ``I`` is computed against ``x[start_I:]``
-  (about (B + 1) / 2B of all pairs for B blocks); the rest is mirrored, so
-  the result is exactly symmetric.
+  ``x[lo:]`` (``args``: unbatched keyword-argument values). Block ``I`` is
+  computed against ``x[start_I:]`` (about (B + 1) / 2B of all pairs for B
+  blocks); the rest is mirrored, so the result is exactly symmetric.
   """
   n = x.shape[0]
   n_blocks = min(_MAX_CHUNKS, n)
@@ -249,22 +274,23 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
 
         # Symmetric blocks pay off for the batched form (CNN: 7.3 -> 3.9 s);
         # per-pair rows gained nothing from them (FCN: 103 vs 101-124 ms
-        # with 2-8 blocks).
-        if symmetric and axis == 0 and not pairs:
+        # with 2-8 blocks). A block's rows must fit `_ROWS_PER_CHUNK`.
+        rows = l1.size // l1.shape[axis] * l2.size
+        block = -(-l1.shape[axis] // _MAX_CHUNKS)
+        if (symmetric and axis == 0 and not pairs and
+            block * rows <= _ROWS_PER_CHUNK):
           r = _symmetric_rows(lambda lo: against(x1[lo:]), x1, args,
                               l1.shape[1:])
         elif pairs:
           r = _map_samples(against(x2), C.vmap_in_axes(spec, keys),
-                           [x1] + args,
-                           rows=l1.size // l1.shape[axis] * l2.size)
+                           [x1] + args, rows=rows)
           if symmetric:  # exactly symmetric, as the blocked form is
             k = l1.ndim
             r = (r + jnp.transpose(r, list(range(k, 2 * k)) +
                                    list(range(k)))) / 2
         else:
           r = _map_samples(against(x2), C.vmap_in_axes(spec, keys),
-                           [x1] + [kw1[k] for k in keys],
-                           rows=l1.size // l1.shape[axis] * l2.size)
+                           [x1] + args, rows=rows)
           r = jnp.moveaxis(r, 0, axis)
       out.append(_trace_and_diagonal(r, len(l1.shape), trace_axes,
                                      diagonal_axes))
