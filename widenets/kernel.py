@@ -186,6 +186,9 @@ class Kernel:
         ntk=permute(self.ntk, self.batch_ndim))
 
 
+# The array-valued (pytree child) fields of a Kernel.
+ARRAY_FIELDS = ("nngp", "ntk", "cov1", "cov2", "x1_is_x2", "mask1", "mask2")
+
 # The names `get` may ask for: every Kernel field.
 GET_FIELDS = tuple(f.name for f in dataclasses.fields(Kernel)
                    if f.name != "packed")

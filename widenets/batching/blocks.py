@@ -36,7 +36,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..kernel import Kernel
+from ..kernel import ARRAY_FIELDS, Kernel
 
 __all__ = ["Grid", "LeafSpec", "flatten_output", "unflatten_output",
            "pad_rows", "mirror", "mirror_perm", "leaf_kind", "full_shape"]
@@ -131,7 +131,7 @@ def mirror(block, rule: str):
 
 # -- output structure ---------------------------------------------------------
 
-_KERNEL_ARRAYS = ("nngp", "ntk", "cov1", "cov2", "x1_is_x2", "mask1", "mask2")
+_KERNEL_ARRAYS = ARRAY_FIELDS
 _KERNEL_STATIC = ("is_gaussian", "is_reversed", "is_input", "diagonal_batch",
                   "diagonal_spatial", "shape1", "shape2", "batch_axis",
                   "channel_axis", "packed")

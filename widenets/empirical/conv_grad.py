@@ -81,23 +81,19 @@ def weight_grad(lhs: jax.Array, ct: jax.Array, rhs_shape, params: dict
   return jnp.transpose(dw, tuple(canon[j] for j in range(dw.ndim)))
 
 
-def _bind(eqn, invals):
-  return R.bind(eqn, invals)
-
-
 def _fast_conv(eqn) -> Callable:
   """``conv(lhs, rhs)`` equal to ``eqn``, with `weight_grad` in its VJP."""
 
   @jax.custom_vjp
   def conv(lhs, rhs):
-    return _bind(eqn, [lhs, rhs])[0]
+    return R.bind(eqn, [lhs, rhs])[0]
 
   def fwd(lhs, rhs):
     return conv(lhs, rhs), (lhs, rhs)
 
   def bwd(res, ct):
     lhs, rhs = res
-    _, pull = jax.vjp(lambda l: _bind(eqn, [l, rhs])[0], lhs)
+    _, pull = jax.vjp(lambda l: R.bind(eqn, [l, rhs])[0], lhs)
     d_rhs = weight_grad(lhs, ct, rhs.shape, eqn.params).astype(rhs.dtype)
     return pull(ct)[0], d_rhs
 
@@ -123,7 +119,7 @@ def _eval(jaxpr, consts, args):
     if name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
       inner = eqn.params["jaxpr"]
       return _eval(inner.jaxpr, inner.consts, invals)
-    return _bind(eqn, invals)
+    return R.bind(eqn, invals)
 
   return R.eval_jaxpr(jaxpr, consts, args, step)
 

@@ -240,6 +240,12 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
                      jax.tree_util.tree_leaves(kwargs)))
     symmetric = symmetric and plain and x1.shape[0] >= 4
     keys = tuple(kwargs)
+    args = [kw1[k] for k in keys]
+    if spec.active:
+      g_plain = C.per_sample_fn(f, spec, keys)
+      g = with_fast_conv_grads(g_plain)
+      # One trace of f decides the row form for every output leaf.
+      prefer_pairs = plain and _prefers_pairs(g_plain, params, x1, args)
     leaves1 = jax.tree_util.tree_leaves(fx1)
     leaves2 = jax.tree_util.tree_leaves(fx2)
     out = []
@@ -254,11 +260,7 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
                   l1.shape, l1.dtype)
       else:
         axis = jax.tree_util.tree_leaves(spec.fx_axis)[i]
-        g_plain = C.per_sample_fn(f, spec, keys)
-        g = with_fast_conv_grads(g_plain)
-        args = [kw1[k] for k in keys]
-        pairs = (plain and axis == 0 and
-                 _prefers_pairs(g_plain, params, x1, args))
+        pairs = prefer_pairs and axis == 0
 
         def against(others, i=i, pairs=pairs):
           if pairs:

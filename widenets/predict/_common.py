@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._tracing import is_concrete  # noqa: F401 (used across predict)
+
 ArrayOrScalar = Union[None, int, float, jax.Array, np.ndarray]
 Axes = Union[int, Sequence[int]]
 
@@ -35,20 +37,6 @@ def is_array(x) -> bool:
   """An array, or a matrix-free kernel (`KernelBlocks`) standing for one."""
   return isinstance(x, (jax.Array, np.ndarray)) or \
       getattr(x, "matrix_free", False)
-
-
-def is_concrete(x) -> bool:
-  """Whether ``x`` holds a value now (not a tracer inside `jit`/`vmap`).
-
-  Asks for the array's shards rather than converting it (``np.asarray``
-  copied every (N, N) kernel to the host just to find out)."""
-  if isinstance(x, (np.ndarray, np.generic, int, float, complex, bool)):
-    return True
-  try:
-    x.addressable_shards  # raises on tracers
-    return True
-  except Exception:  # noqa: BLE001 - any failure means "not concrete"
-    return False
 
 
 def eval_context():

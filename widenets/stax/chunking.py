@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from ..kernel import Kernel
+from ..kernel import ARRAY_FIELDS, Kernel
 
 __all__ = ["choose_rows", "map_rows", "row_offset", "current_row_offset"]
 
@@ -102,9 +102,7 @@ def map_rows(body: Callable, x1, rows: int):
       if name in _ROW_FIELDS and len(shape) > 0:
         shape = (n,) + tuple(shape[1:])
       return jnp.zeros(shape, s.dtype)
-    return kk.replace(**{f: buf(f) for f in
-                         ("nngp", "ntk", "cov1", "cov2", "x1_is_x2",
-                          "mask1", "mask2")})
+    return kk.replace(**{f: buf(f) for f in ARRAY_FIELDS})
 
   def merge(buf_k, new_k, offset):
     def put(name):
@@ -112,9 +110,7 @@ def map_rows(body: Callable, x1, rows: int):
       if v is None or name not in _ROW_FIELDS or jnp.ndim(v) == 0:
         return v
       return jax.lax.dynamic_update_slice_in_dim(b, v, offset, 0)
-    return buf_k.replace(**{f: put(f) for f in
-                            ("nngp", "ntk", "cov1", "cov2", "x1_is_x2",
-                             "mask1", "mask2")})
+    return buf_k.replace(**{f: put(f) for f in ARRAY_FIELDS})
 
   def loop(i, carry):
     bufs, flags, ok = carry

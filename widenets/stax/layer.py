@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._memory import release_free_memory
+from .._tracing import all_concrete
 from ..kernel import Kernel, check_get, get_from
 from . import chunking, covariance
 
@@ -259,7 +260,7 @@ class KernelFn:
         static=tuple(sorted(static.items())))
     key = _Hashable(config)
     args = (x1, x2, dynamic)
-    if _concrete(args):
+    if all_concrete(args):
       signature = (key, jax.tree_util.tree_structure(args),
                    tuple((np.shape(a), str(getattr(a, "dtype", type(a))))
                          for a in jax.tree_util.tree_leaves(args)))
@@ -378,18 +379,6 @@ def _output_bytes(x1, x2) -> int:
   a = jax.tree_util.tree_leaves(x1)[0]
   b = a if x2 is None else jax.tree_util.tree_leaves(x2)[0]
   return 4 * int(np.shape(a)[0]) * int(np.shape(b)[0])
-
-
-def _concrete(tree) -> bool:
-  """All leaves are concrete arrays (not tracers of an enclosing transform)."""
-  for leaf in jax.tree_util.tree_leaves(tree):
-    if isinstance(leaf, (np.ndarray, np.generic)):
-      continue
-    try:
-      leaf.addressable_shards  # raises on tracers
-    except Exception:  # noqa: BLE001 - any failure means "not concrete"
-      return False
-  return True
 
 
 def _has_masks(k) -> bool:
