@@ -48,11 +48,21 @@ def _textbook(p, diag_reg):
   return out
 
 
+# The Cholesky solvers compute covariances in one compiled program per
+# posterior; CG (no factor) takes the generic path through `solve`.
+SOLVERS = {"cholesky": None,
+           "cholesky64": predict.Cholesky(dtype="float64"),
+           "cg": predict.CG(tol=1e-7, preconditioner=None, maxiter=100,
+                             dtype="float64")}
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("diag_reg", [1e-3, 1e-1])
-def test_matches_textbook_formulas(problem, diag_reg):
+def test_matches_textbook_formulas(problem, diag_reg, solver):
   ref = _textbook(problem, diag_reg)
   predict_fn = predict.gp_inference(problem["k_dd"], problem["y_train"],
-                                    diag_reg=diag_reg)
+                                    diag_reg=diag_reg,
+                                    solver=SOLVERS[solver])
   out = predict_fn(("nngp", "ntk", "ntkgp"), problem["k_td"], problem["k_tt"])
   assert out._fields == ("nngp", "ntk", "ntkgp")
   for g in ("nngp", "ntk", "ntkgp"):
@@ -62,6 +72,8 @@ def test_matches_textbook_formulas(problem, diag_reg):
                                np.abs(m_ref).max())
     np.testing.assert_allclose(cov, c_ref, rtol=2e-3, atol=2e-3 *
                                np.abs(c_ref).max())
+    assert cov.dtype == jnp.float32
+    np.testing.assert_array_equal(cov, cov.T)  # symmetric by construction
 
 
 def test_float64_solve_is_closer_to_textbook(problem):

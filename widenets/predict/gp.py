@@ -156,17 +156,54 @@ def _posterior_cov(g, factors, k_train_train, k_test_train, k_test_test,
   init = "ntk" if g == "ntkgp" else "nngp"  # the prior (initialization) kernel
   k_tt = to_2d(get_kernel(k_test_test, init, "k_test_test"))
   kind = "ntk" if g == "ntkgp" else g
-  k_td_init = to_2d(get_kernel(k_test_train, init, "k_test_train"))
-  if g in ("nngp", "ntkgp"):
-    cov = k_tt - k_td @ factors.solve(kind, k_td_init.T)
+  factor = factors.factor(kind)
+  if isinstance(factor, solvers.Factor):
+    # One compiled program per posterior: fewer passes over the (n, n)
+    # factor and no (n, t) temporaries left to the allocator between ops.
+    with solvers.precision(factor.dtype):
+      cast = lambda x: jnp.asarray(x, factor.dtype)
+      if g in ("nngp", "ntkgp"):
+        cov = _gp_cov(factor.chol, cast(k_td), cast(k_tt))
+      else:
+        k_td_init = to_2d(get_kernel(k_test_train, init, "k_test_train"))
+        cov = _ntk_cov(factor.chol, cast(factors.matrix("nngp")),
+                       cast(k_td), cast(k_td_init), cast(k_tt))
+      cov = cov.astype(factor.out_dtype)
+  elif g in ("nngp", "ntkgp"):
+    # The prior kernel is the one being inverted: K** - K* K^{-1} K*^T.
+    explained = k_td @ factors.solve(kind, k_td.T)
+    cov = k_tt - (explained + explained.T) / 2
   else:
-    # Theta^{-1} Theta_*^T, then the three terms of Lee et al. (2019) eq. 16.
-    term_1 = factors.solve("ntk", k_td.T)
-    nngp_dd = factors.matrix("nngp")
-    cov = term_1.T @ (nngp_dd @ term_1)
-    term_2 = k_td @ factors.solve("ntk", k_td_init.T)
-    cov = cov - term_2 - term_2.T + k_tt
+    k_td_init = to_2d(get_kernel(k_test_train, init, "k_test_train"))
+    cov = _ntk_cov_terms(factors.solve("ntk", k_td.T),
+                         factors.matrix("nngp"), k_td_init, k_tt)
   return from_2d(cov, test_shape, test_shape)
+
+
+def _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt):
+  """Lee et al. (2019) eq. 16 from ``term_1 = Theta^{-1} Theta_*^T``.
+
+  ``Theta_* Theta^{-1} K_*^T`` is ``term_1^T K_*^T`` (Theta is symmetric), so
+  one solve serves both terms. The computed part is symmetrized (round-off
+  in the products), ``k_tt`` is added as given.
+  """
+  spread = term_1.T @ (nngp_dd @ term_1)
+  term_2 = term_1.T @ k_td_init.T
+  return k_tt + ((spread + spread.T) / 2 - (term_2 + term_2.T))
+
+
+@jax.jit
+def _gp_cov(chol, k_td, k_tt):
+  """``K** - K* (L L^T)^{-1} K*^T`` as ``K** - V^T V``, ``V = L^{-1} K*^T``:
+  one triangular solve instead of two, and exactly symmetric."""
+  v = jax.scipy.linalg.solve_triangular(chol, k_td.T, lower=True)
+  return k_tt - v.T @ v
+
+
+@jax.jit
+def _ntk_cov(chol, nngp_dd, k_td, k_td_init, k_tt):
+  term_1 = jax.scipy.linalg.cho_solve((chol, True), k_td.T)
+  return _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
 
 
 def _gp_inference_kernel_fn(
