@@ -62,8 +62,11 @@ def test_single_activation_matches_monte_carlo(name):
   x1, x2 = inputs()
   # Step functions give large finite-width noise: a looser bound.
   tol = 0.1 if name == "RectifiedMonomial0" else 0.06
-  check_against_mc(_mixed(SLOW[name], W_std=1.0), x1, x2, n_samples=32,
-                   tol=tol)
+  # A cubic's heavy tails: 32 networks gave 6% error (at the bound), 128
+  # give 2-4%, so the gap is sampling noise; use the larger ensemble.
+  n_samples = 128 if name == "Monomial3" else 32
+  check_against_mc(_mixed(SLOW[name], W_std=1.0), x1, x2,
+                   n_samples=n_samples, tol=tol)
 
 
 def test_maxpool_matches_monte_carlo():

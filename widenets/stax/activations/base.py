@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from ...kernel import Kernel
 from .. import covariance
 from ..layer import KernelOverflowError, record_finite, KernelFn, Requirements
+from .atan2 import atan2
 
 # ``pair_rule(cov, var1, var2, ntk) -> (new_cov, new_ntk)``.
 PairRule = Callable
@@ -143,7 +144,7 @@ def _safe_sqrt_jvp(primals, tangents):
 def safe_arctan2(y, x):
   """``arctan2(y, x)``, ``pi / 2`` at ``(0, 0)`` (the angle of two vectors of
   which one vanishes), with finite derivatives there."""
-  return jnp.where((y == 0) & (x == 0), jnp.pi / 2, jnp.arctan2(y, x))
+  return jnp.where((y == 0) & (x == 0), jnp.pi / 2, atan2(y, x))
 
 
 @safe_arctan2.defjvp

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
+from .atan2 import atan2
 from .base import elementwise_layer, safe_sqrt
 
 
@@ -24,7 +25,7 @@ def erf_rule(a: float, b: float, c: float):
   def pair_rule(cov, var1, var2, ntk):
     prod = (1 + 2 * b2 * var1) * (1 + 2 * b2 * var2)
     root = safe_sqrt(prod - 4 * (b2 * cov)**2)
-    new = a**2 * (2 / jnp.pi) * jnp.arctan2(2 * b2 * cov, root) + c**2
+    new = a**2 * (2 / jnp.pi) * atan2(2 * b2 * cov, root) + c**2
     if ntk is not None:
       ntk = ntk * (a**2 * b2 * 4 / jnp.pi) / root
     return new, ntk

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .atan2 import atan2
 from .base import elementwise_layer, sine_and_angle
 
 
@@ -33,7 +34,7 @@ def gelu_rule(cov, var1, var2, ntk):
   delta = jnp.sqrt(delta2)
   c = cov / s1
   ratio = (var1 / (1 + var1)) * (var2 / (1 + var2))
-  angle = jnp.arctan2(cov, delta)
+  angle = atan2(cov, delta)
   new = cov / 4 + (cov * angle + c**2 / delta + ratio * delta) / (2 * jnp.pi)
   if ntk is not None:
     dot = 0.25 + angle / (2 * jnp.pi) + cov / (2 * jnp.pi * delta) * (

@@ -32,6 +32,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from .atan2 import atan2
 from .base import elementwise_layer
 from .quadrature import gauss_hermite, quadrature_rule
 
@@ -72,7 +73,7 @@ def erf_mixture_rule(weights, scales):
       bb = b1 * b2
       prod = (1 + 2 * b1**2 * var1) * (1 + 2 * b2**2 * var2)
       root = jnp.sqrt(jnp.maximum(prod - 4 * (bb * cov)**2, 1.0))
-      new = new + a * jnp.arctan2(2 * bb * cov, root)
+      new = new + a * atan2(2 * bb * cov, root)
       if ntk is not None:
         dot = dot + (a * bb) / root
     new = new * (2 / jnp.pi)
