@@ -2,10 +2,6 @@
 blocks of x1's rows inside one compiled loop gives the one-piece kernels."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from widenets import stax
-from widenets._memory import release_free_memory
 from widenets.stax import chunking
 from widenets.stax.layer import KernelOverflowError
 
@@ -173,14 +168,3 @@ def test_chunked_under_outer_jit_and_grad(rows):
   np.testing.assert_allclose(jitted, eager, rtol=1e-6)
   g = jax.grad(lambda a: kernel_fn(a, x2, "ntk").sum())(x1)
   assert g.shape == x1.shape and bool(jnp.all(jnp.isfinite(g)))
-
-
-def test_release_free_memory_is_harmless():
-  release_free_memory()
-  code = ("from widenets._memory import release_free_memory, _load; "
-          "import widenets._memory as m; release_free_memory(); "
-          "print(m._TRIM)")
-  env = dict(os.environ, WIDENETS_MALLOC_TRIM="0")
-  out = subprocess.run([sys.executable, "-c", code], env=env,
-                       capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == "False"

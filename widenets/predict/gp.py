@@ -133,21 +133,21 @@ def _gp_inference(
       test_shape = check_test_train(
           get_kernel(k_test_train, kind, "k_test_train"), layout)
       k_td = to_2d(get_kernel(k_test_train, kind, "k_test_train"))
-      mean = layout.unflatten(k_td @ alpha(kind), test_shape)
       if k_test_test is None:
-        out[g] = mean
+        out[g] = layout.unflatten(k_td @ alpha(kind), test_shape)
         continue
-      out[g] = Gaussian(mean, _posterior_cov(
-          g, factors, k_train_train, k_test_train, k_test_test, k_td,
-          test_shape))
+      mean2d, cov = _posterior(g, factors, alpha, k_train_train,
+                               k_test_train, k_test_test, k_td)
+      out[g] = Gaussian(layout.unflatten(mean2d, test_shape),
+                        from_2d(cov, test_shape, test_shape))
     return pack_get(out, get, single)
 
   return predict_fn
 
 
-def _posterior_cov(g, factors, k_train_train, k_test_train, k_test_test,
-                   k_td, test_shape):
-  """Posterior covariance on the test set, in the zipped kernel layout."""
+def _posterior(g, factors, alpha, k_train_train, k_test_train,
+               k_test_test, k_td):
+  """Flat posterior ``(mean (t, c), covariance (t, t))`` on the test set."""
   if g == "ntk" and (is_array(k_train_train) or is_array(k_test_train)):
     raise ValueError(
         "The 'ntk' posterior covariance needs both NTK and NNGP kernels: "
@@ -156,28 +156,32 @@ def _posterior_cov(g, factors, k_train_train, k_test_train, k_test_test,
   init = "ntk" if g == "ntkgp" else "nngp"  # the prior (initialization) kernel
   k_tt = to_2d(get_kernel(k_test_test, init, "k_test_test"))
   kind = "ntk" if g == "ntkgp" else g
+  k_td_init = (k_td if g != "ntk" else
+               to_2d(get_kernel(k_test_train, init, "k_test_train")))
   factor = factors.factor(kind)
   if isinstance(factor, solvers.Factor):
-    # One compiled program per posterior: fewer passes over the (n, n)
-    # factor and no (n, t) temporaries left to the allocator between ops.
+    # One compiled program per posterior (mean and covariance): fewer passes
+    # over the (n, n) factor and no (n, t) temporaries left to the
+    # allocator between eager ops.
     with solvers.precision(factor.dtype):
       cast = lambda x: jnp.asarray(x, factor.dtype)
+      # The mean as in the mean-only path (k_td @ cached alpha), so both
+      # give the same numbers.
+      a = cast(alpha(kind))
       if g in ("nngp", "ntkgp"):
-        cov = _gp_cov(factor.chol, cast(k_td), cast(k_tt))
+        mean, cov = _gp_posterior(factor.chol, a, cast(k_td), cast(k_tt))
       else:
-        k_td_init = to_2d(get_kernel(k_test_train, init, "k_test_train"))
-        cov = _ntk_cov(factor.chol, cast(factors.matrix("nngp")),
-                       cast(k_td), cast(k_td_init), cast(k_tt))
-      cov = cov.astype(factor.out_dtype)
-  elif g in ("nngp", "ntkgp"):
+        mean, cov = _ntk_posterior(factor.chol, a,
+                                   cast(factors.matrix("nngp")), cast(k_td),
+                                   cast(k_td_init), cast(k_tt))
+      return mean.astype(factor.out_dtype), cov.astype(factor.out_dtype)
+  mean = k_td @ alpha(kind)
+  if g in ("nngp", "ntkgp"):
     # The prior kernel is the one being inverted: K** - K* K^{-1} K*^T.
     explained = k_td @ factors.solve(kind, k_td.T)
-    cov = k_tt - (explained + explained.T) / 2
-  else:
-    k_td_init = to_2d(get_kernel(k_test_train, init, "k_test_train"))
-    cov = _ntk_cov_terms(factors.solve("ntk", k_td.T),
-                         factors.matrix("nngp"), k_td_init, k_tt)
-  return from_2d(cov, test_shape, test_shape)
+    return mean, k_tt - (explained + explained.T) / 2
+  return mean, _ntk_cov_terms(factors.solve("ntk", k_td.T),
+                              factors.matrix("nngp"), k_td_init, k_tt)
 
 
 def _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt):
@@ -193,17 +197,18 @@ def _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt):
 
 
 @jax.jit
-def _gp_cov(chol, k_td, k_tt):
-  """``K** - K* (L L^T)^{-1} K*^T`` as ``K** - V^T V``, ``V = L^{-1} K*^T``:
-  one triangular solve instead of two, and exactly symmetric."""
+def _gp_posterior(chol, alpha, k_td, k_tt):
+  """``K* alpha`` and ``K** - K* K^{-1} K*^T``, the latter as ``K** - V^T V``
+  with ``V = L^{-1} K*^T``: one triangular solve with the test columns
+  instead of two, and an exactly symmetric covariance."""
   v = jax.scipy.linalg.solve_triangular(chol, k_td.T, lower=True)
-  return k_tt - v.T @ v
+  return k_td @ alpha, k_tt - v.T @ v
 
 
 @jax.jit
-def _ntk_cov(chol, nngp_dd, k_td, k_td_init, k_tt):
+def _ntk_posterior(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
   term_1 = jax.scipy.linalg.cho_solve((chol, True), k_td.T)
-  return _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
+  return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
 
 
 def _gp_inference_kernel_fn(

@@ -64,7 +64,8 @@ def _compute_dtype(solver_dtype, kernel_dtype):
 
 @jax.jit
 def _cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
-  return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype))
+  return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype),
+                             symmetrize_input=False)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -73,8 +74,18 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
   n = a.shape[0]
   scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(a.dtype).tiny
   reg = regularizer(a, diag_reg, absolute).astype(a.dtype)
-  chol = jnp.linalg.cholesky(a + reg * jnp.eye(n, dtype=a.dtype))
+  # The lower triangle only, as LAPACK and jax.scipy.linalg.cho_factor (and
+  # so neural-tangents) read it: symmetrizing first is one more (n, n) pass.
+  chol = jnp.linalg.cholesky(a + reg * jnp.eye(n, dtype=a.dtype),
+                             symmetrize_input=False)
   return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
+
+
+@jax.jit
+def _cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
+  # Compiled once per shape: eagerly, cho_solve's two triangular solves and
+  # their transposes were dispatched op by op.
+  return jax.scipy.linalg.cho_solve((chol, True), b)
 
 
 def _is_ok(chol: jax.Array) -> jax.Array:
@@ -224,9 +235,8 @@ class Factor:
 
   def solve(self, b: jax.Array) -> jax.Array:
     with precision(self.dtype):
-      x = jax.scipy.linalg.cho_solve((self.chol, True),
-                                     jnp.asarray(b, self.dtype))
-      return x.astype(self.out_dtype)
+      return _cho_solve(self.chol, jnp.asarray(b, self.dtype)).astype(
+          self.out_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
