@@ -27,8 +27,10 @@ def test_float32_within_a_few_ulps_in_every_octant():
   x = rs.randn(200_000)
   b = rs.randn(20_000)
   huge = 3e38 * rs.rand(1000)  # near float32's max: num + den overflows
-  y = np.concatenate([y, b, 0.41421356 * b, 1e-20 * b, 1e20 * b, huge])
-  x = np.concatenate([x, -b[::-1], b, b, b, -3e38 * rs.rand(1000)])
+  tiny = 1.2e-38 * (1 + 3 * rs.rand(1000))  # near the smallest normal
+  y = np.concatenate([y, b, 0.41421356 * b, 1e-20 * b, 1e20 * b, huge, tiny])
+  x = np.concatenate([x, -b[::-1], b, b, b, -3e38 * rs.rand(1000),
+                      tiny[::-1]])
   y, x = y.astype(np.float32), x.astype(np.float32)
   err = _ulps(_fast(y, x), y, x)
   assert err.max() <= 4, err.max()

@@ -15,7 +15,9 @@ rational approximation ``atan(u) ~ u P(u**2) / Q(u**2)`` on
 ``|u| <= tan(pi / 8)`` suffices; the octant (``pi / 2 - r`` when ``a > b``,
 ``pi - r`` when ``x < 0``, the sign of ``y``) is folded into the numerator of
 the final division. Accuracy: within 4 float32 ulps of the exact angle, mean
-0.4 ulp (XLA's ``atan2``: 1.5, mean 0.3), tested in tests/stax/test_atan2.py.
+0.4 ulp (XLA's ``atan2``: 1.5, mean 0.3), over the whole normal float32
+range, tested in tests/stax/test_atan2.py; subnormal inputs count as zero,
+as they do for XLA's CPU ``atan2``.
 
 Other dtypes (float64 above all) use `jax.numpy.arctan2`: the approximation is
 only float32-accurate. The derivative is the exact one,
@@ -60,12 +62,17 @@ def _atan2_float32(y: jax.Array, x: jax.Array) -> jax.Array:
   a, b = jnp.abs(y), jnp.abs(x)
   num, den = jnp.minimum(a, b), jnp.maximum(a, b)
   mid = num > _TAN_PI_8 * den
-  # (num - den) / (num + den) with both halved, so that num + den cannot
-  # overflow near float32's max; max(.., tiny) turns 0 / 0 at (0, 0) into
-  # 0 / tiny = 0 (arctan2 gives 0 there).
-  half_num, half_den = num * np.float32(0.5), den * np.float32(0.5)
-  u = jnp.where(mid, half_num - half_den, num) / jnp.maximum(
-      jnp.where(mid, half_num + half_den, den), np.finfo(np.float32).tiny)
+  # (num - den) / (num + den), computed on num and den rescaled by a power
+  # of two (exact): halved near float32's max, so num + den cannot overflow,
+  # and scaled up near its smallest normal, where num - den would be
+  # subnormal and flushed to zero on CPU. max(.., tiny) turns 0 / 0 at
+  # (0, 0) into 0 (arctan2 gives 0 there).
+  scale = jnp.where(den > np.float32(2.0**126), np.float32(0.5),
+                    jnp.where(den < np.float32(2.0**-100),
+                              np.float32(2.0**100), np.float32(1)))
+  num, den = num * scale, den * scale
+  u = jnp.where(mid, num - den, num) / jnp.maximum(
+      jnp.where(mid, num + den, den), np.finfo(np.float32).tiny)
   z = u * u
   p = _P[0] + z * (_P[1] + z * _P[2])
   q = _Q[0] + z * (_Q[1] + z * _Q[2])
