@@ -145,8 +145,8 @@ def test_any_block_size(rows, n1, n2, r):
 
 
 def test_choose_rows():
-  # 2000 x 2000 float32 dense kernel: 7 blocks of 286 rows (~2 MB).
-  assert chunking.choose_rows(2000, 2000, 4) == 286
+  # 2000 x 2000 float32 dense kernel: 15 blocks of 134 rows (~1 MB).
+  assert chunking.choose_rows(2000, 2000, 4) == 134
   assert chunking.choose_rows(100, 2000, 4) is None  # fewer than 2 blocks
   # Huge rows (conv with full spatial covariances): never below MIN_ROWS.
   assert chunking.choose_rows(10_000, 10**7, 4) >= chunking.MIN_ROWS
