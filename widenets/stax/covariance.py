@@ -64,7 +64,19 @@ MAX_BLOCKS = 32
 
 
 def block_layout(n: int) -> tuple:
-  """``(B, b)``: B blocks of b samples, ``B * b >= n`` (inputs are padded)."""
+  """``(B, b)``: B blocks of b samples, ``B * b >= n`` (inputs are padded).
+
+  Prefers an exact split (``B * b == n``, B within a factor 1.5 of
+  `MAX_BLOCKS`, b a multiple of 8 if possible): without padding the unpacked
+  kernel is the output itself, not a larger grid sliced into a copy (3-layer
+  Erf at n=2000: 32 MB less of XLA temporaries).
+  """
+  if n > MAX_BLOCKS:
+    exact = [d for d in range(int(MAX_BLOCKS / 1.5), int(MAX_BLOCKS * 1.5) + 1)
+             if n % d == 0 and n // d >= 8]
+    if exact:
+      best = min(exact, key=lambda d: ((n // d) % 8 != 0, abs(d - MAX_BLOCKS)))
+      return best, n // best
   n_blocks = max(1, min(n, MAX_BLOCKS))
   b = -(-n // n_blocks)
   return -(-n // b), b
@@ -223,15 +235,24 @@ def unpack(k: Kernel) -> Kernel:
   """Inverse of `pack`: mirrors ``K[j, i] = K[i, j]`` with spatial pairs
   swapped."""
   n_blocks, b = _packed_geometry(k)
-  bi, bj = block_pairs(n_blocks)
+  # For every block (I, J) of the full grid, the packed pair holding it:
+  # (I, J) itself above the diagonal, (J, I) transposed below. One gather and
+  # a select, which XLA fuses with the final layout change (a scatter into
+  # zeros, then a transpose, kept two full-size temporaries per field).
+  lo, hi = np.minimum.outer(np.arange(n_blocks), np.arange(n_blocks)), \
+      np.maximum.outer(np.arange(n_blocks), np.arange(n_blocks))
+  pair = jnp.asarray(lo * n_blocks - lo * (lo - 1) // 2 + (hi - lo), jnp.int32)
+  below = jnp.asarray(np.arange(n_blocks)[:, None] > np.arange(n_blocks))
 
   def full(p):
     if p is None or jnp.ndim(p) == 0:
       return p
     rest = p.shape[3:]
-    lower = jnp.swapaxes(swap_spatial_pairs(p, 3, k.diagonal_spatial), 1, 2)
-    out = jnp.zeros((n_blocks, n_blocks, b, b) + rest, p.dtype)
-    out = out.at[bj, bi].set(lower).at[bi, bj].set(p)
+    blocks = p[pair]  # (B, B, b, b) + rest
+    mirrored = jnp.swapaxes(swap_spatial_pairs(blocks, 4, k.diagonal_spatial),
+                            2, 3)
+    mask = below.reshape(below.shape + (1,) * (blocks.ndim - 2))
+    out = jnp.where(mask, mirrored, blocks)
     out = jnp.moveaxis(out, 1, 2)
     return out.reshape((n_blocks * b, n_blocks * b) + rest)
 

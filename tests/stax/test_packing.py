@@ -1,0 +1,41 @@
+"""The packed x2=None layout (`covariance.block_layout`, `pack`, `unpack`):
+block geometry, and kernels equal to x2 = x1 with and without padding."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from widenets import stax
+from widenets.stax import covariance
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 20_000))
+def test_block_layout_covers_n_with_less_than_one_block_of_padding(n):
+  n_blocks, b = covariance.block_layout(n)
+  assert n_blocks * b >= n
+  assert n_blocks * b - n < b
+  assert n_blocks >= min(n, covariance.MAX_BLOCKS // 2)
+
+
+def test_block_layout_prefers_exact_split_with_aligned_blocks():
+  assert covariance.block_layout(2000) == (25, 80)  # 80 = 10 x 8, no padding
+  assert covariance.block_layout(4096) == (32, 128)
+  n_blocks, b = covariance.block_layout(997)  # prime: padded
+  assert n_blocks * b > 997
+
+
+@pytest.mark.parametrize("n", [200, 203])  # exact split (25 x 8), padded
+def test_packed_kernel_equals_x2_equal_x1(n):
+  rs = np.random.RandomState(n)
+  x = rs.randn(n, 5).astype(np.float32)
+  _, _, kernel_fn = stax.serial(stax.Dense(64, W_std=1.4, b_std=0.1),
+                                stax.Relu(), stax.Dense(64, W_std=1.5),
+                                stax.Erf(), stax.Dense(1))
+  packed = kernel_fn(x, None, ("nngp", "ntk"))
+  full = kernel_fn(x, x, ("nngp", "ntk"))
+  for a, b in ((packed.nngp, full.nngp), (packed.ntk, full.ntk)):
+    a = np.asarray(a)
+    assert a.shape == (n, n)
+    np.testing.assert_array_equal(a, a.T)  # mirrored, exactly symmetric
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
