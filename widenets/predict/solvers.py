@@ -62,10 +62,14 @@ def _compute_dtype(solver_dtype, kernel_dtype):
   return np.dtype(kernel_dtype if solver_dtype is None else solver_dtype)
 
 
-@jax.jit
-def _cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
+def _regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
+  # The lower triangle only, as LAPACK and jax.scipy.linalg.cho_factor (and
+  # so neural-tangents) read it: symmetrizing first is one more (n, n) pass.
   return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype),
                              symmetrize_input=False)
+
+
+_cholesky = jax.jit(_regularized_cholesky)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -74,10 +78,7 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
   n = a.shape[0]
   scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(a.dtype).tiny
   reg = regularizer(a, diag_reg, absolute).astype(a.dtype)
-  # The lower triangle only, as LAPACK and jax.scipy.linalg.cho_factor (and
-  # so neural-tangents) read it: symmetrizing first is one more (n, n) pass.
-  chol = jnp.linalg.cholesky(a + reg * jnp.eye(n, dtype=a.dtype),
-                             symmetrize_input=False)
+  chol = _regularized_cholesky(a, reg)
   return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
 
 

@@ -88,6 +88,15 @@ def block_pairs(n_blocks: int):
   return jnp.asarray(bi, jnp.int32), jnp.asarray(bj, jnp.int32)
 
 
+def pair_table(n_blocks: int):
+  """``(B, B)`` int32: the position in `block_pairs` of block ``(I, J)`` or,
+  below the diagonal, of ``(J, I)``."""
+  bi, bj = np.triu_indices(n_blocks)
+  table = np.empty((n_blocks, n_blocks), np.int32)
+  table[bi, bj] = table[bj, bi] = np.arange(len(bi))
+  return jnp.asarray(table)
+
+
 def _packed_geometry(k: Kernel):
   b = k.nngp.shape[1]
   return k.cov1.shape[0] // b, b
@@ -235,13 +244,10 @@ def unpack(k: Kernel) -> Kernel:
   """Inverse of `pack`: mirrors ``K[j, i] = K[i, j]`` with spatial pairs
   swapped."""
   n_blocks, b = _packed_geometry(k)
-  # For every block (I, J) of the full grid, the packed pair holding it:
-  # (I, J) itself above the diagonal, (J, I) transposed below. One gather and
-  # a select, which XLA fuses with the final layout change (a scatter into
-  # zeros, then a transpose, kept two full-size temporaries per field).
-  lo, hi = np.minimum.outer(np.arange(n_blocks), np.arange(n_blocks)), \
-      np.maximum.outer(np.arange(n_blocks), np.arange(n_blocks))
-  pair = jnp.asarray(lo * n_blocks - lo * (lo - 1) // 2 + (hi - lo), jnp.int32)
+  # Every block (I, J) of the full grid gathered from its packed pair, and
+  # transposed below the diagonal: one gather and a select per field (a
+  # scatter into a zero grid kept one more full-size temporary per field).
+  pair = pair_table(n_blocks)
   below = jnp.asarray(np.arange(n_blocks)[:, None] > np.arange(n_blocks))
 
   def full(p):
