@@ -4,10 +4,7 @@ A drop-in successor of neural-tangents: ``import widenets as nt``.
 """
 __version__ = "0.1.0"
 
-from ._memory import configure_allocator as _configure_allocator
-
-_configure_allocator()  # see widenets/_memory.py
-
+from . import memory
 from . import stax
 from . import predict
 from .kernel import Kernel

@@ -34,7 +34,6 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from .._memory import release_free_memory
 from . import solvers
 from ._common import (Axes, Layout, canonicalize_get, check_diag_reg,
                       check_test_train, check_train, eval_context,
@@ -87,7 +86,6 @@ def _gp_inference(
     *,
     solver: Any = None,
 ) -> Callable:
-  release_free_memory()  # see widenets/_memory.py
   y_train = jnp.asarray(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
@@ -120,7 +118,6 @@ def _gp_inference(
       ``Gaussians`` of them in ``get`` order.
     """
     single, names = canonicalize_get(get)
-    release_free_memory()
     out = {}
     for g in names:
       kind = "ntk" if g == "ntkgp" else g

@@ -29,8 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._memory import release_free_memory
-from .._tracing import all_concrete
 from ..kernel import Kernel, check_get, get_from
 from . import chunking, covariance
 
@@ -160,8 +158,6 @@ class KernelFn:
     self._jitted = jax.jit(self._compute, static_argnums=(3,))
     # Layer names of the finiteness flags each compiled call returns.
     self._flag_names: dict = {}
-    # (config, input avals) already compiled ahead of their first call.
-    self._compiled: set = set()
 
   def __repr__(self) -> str:
     return f"<kernel_fn of {self.name}>"
@@ -259,19 +255,6 @@ class KernelFn:
         packable=bool(packable), row_chunk=row_chunk,
         static=tuple(sorted(static.items())))
     key = _Hashable(config)
-    args = (x1, x2, dynamic)
-    if all_concrete(args):
-      signature = (key, jax.tree_util.tree_structure(args),
-                   tuple((np.shape(a), str(getattr(a, "dtype", type(a))))
-                         for a in jax.tree_util.tree_leaves(args)))
-      new = signature not in self._compiled
-      if new:
-        # Compile first and hand the compiler's freed memory back before the
-        # call allocates its buffers (see `_memory`); jit reuses the result.
-        self._jitted.lower(x1, x2, dynamic, key).compile()
-        self._compiled.add(signature)
-      if new or _output_bytes(x1, x2) >= _TRIM_BYTES:
-        release_free_memory()
     out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, key)
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if _all_true([ok]) is False:
@@ -368,18 +351,6 @@ class KernelFn:
       k = covariance.pack(k)
     out, flags = evaluate(k)
     return out, flags, inputs_ok, _all_finite(out)
-
-# Calls whose kernels are smaller than this skip the heap trim: many small
-# calls (batching in small blocks) would each pay for it, for little memory.
-_TRIM_BYTES = 1 << 22
-
-
-def _output_bytes(x1, x2) -> int:
-  """Bytes of one (N1, N2) float32 kernel of these inputs (a lower bound)."""
-  a = jax.tree_util.tree_leaves(x1)[0]
-  b = a if x2 is None else jax.tree_util.tree_leaves(x2)[0]
-  return 4 * int(np.shape(a)[0]) * int(np.shape(b)[0])
-
 
 def _has_masks(k) -> bool:
   return any(kk.mask1 is not None or kk.mask2 is not None
