@@ -8,6 +8,7 @@ from . import memory
 from . import stax
 from . import predict
 from .kernel import Kernel
+from .stax import KernelOverflowError
 from .empirical import (NtkImplementation, empirical_kernel_fn,
                         empirical_nngp_fn, empirical_ntk_fn,
                         empirical_ntk_vp_fn, linearize, taylor_expand)

@@ -15,6 +15,10 @@ symmetric ``x2=None`` computation may be *packed*: the samples are cut into
 ``B`` blocks of ``b`` and ``nngp`` holds only the upper-triangle block pairs,
 shape ``(B (B + 1) / 2, b, b) + S`` (see `widenets.stax.covariance`).
 ``packed`` records that; layers see it only through ``batch_ndim`` (3).
+Likewise a whole network may run on row blocks of ``x1`` (see
+`widenets.stax.chunking`): ``row_offset`` is then the traced index in ``x1``
+of the block's first row, so that the batch diagonal ``i == j`` sits at
+``j == i + row_offset`` (see `widenets.stax.covariance.batch_diagonal_mask`).
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "GET_FIELDS"]
+__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "GET_FIELDS",
+           "same_inputs"]
 
 
 def field(pytree_node: bool = True, **kwargs):
@@ -82,6 +88,8 @@ class Kernel:
     batch_axis, channel_axis: axes of those outputs.
     mask1, mask2: boolean masks (True = masked) broadcastable to shape1/2.
     packed: internal; batch pairs packed as upper-triangle blocks (see module).
+    row_offset: internal; ``x1``'s row of ``nngp[0]`` in a row block (see
+      module), else ``None``.
   """
 
   nngp: Any
@@ -101,6 +109,7 @@ class Kernel:
   mask1: Any = None
   mask2: Any = None
   packed: bool = field(False, default=False)
+  row_offset: Any = None
 
   replace = ...  # type: Callable[..., Kernel]
   asdict = ...  # type: Callable[[], dict]
@@ -189,9 +198,12 @@ class Kernel:
 # The array-valued (pytree child) fields of a Kernel.
 ARRAY_FIELDS = ("nngp", "ntk", "cov1", "cov2", "x1_is_x2", "mask1", "mask2")
 
-# The names `get` may ask for: every Kernel field.
+# Layout fields of a computation in progress, never in a user's Kernel.
+INTERNAL_FIELDS = ("packed", "row_offset")
+
+# The names `get` may ask for: every public Kernel field.
 GET_FIELDS = tuple(f.name for f in dataclasses.fields(Kernel)
-                   if f.name != "packed")
+                   if f.name not in INTERNAL_FIELDS)
 
 
 def _check_get(get) -> None:
@@ -235,3 +247,30 @@ def check_get(get) -> Optional[tuple]:
                     f"{type(get).__name__}.")
   _check_get(get)
   return (get,) if isinstance(get, str) else tuple(get)
+
+
+# Inputs closer than this are the same inputs (as neural-tangents' x1_is_x2).
+SAME_INPUTS_TOL = 1e-12
+
+
+def same_inputs(x1, x2):
+  """Whether ``x2`` is the same inputs as ``x1`` (`Kernel.x1_is_x2`).
+
+  ``x2=None`` means ``x1``. Otherwise the trees, and the shapes of their
+  leaves, must match, inexact leaves within `SAME_INPUTS_TOL` of each other
+  and other leaves (integers, PRNG keys) exactly. Returns a boolean scalar:
+  NumPy when every leaf is a NumPy array (computed on the host, so large
+  host inputs are not copied to a device), else a JAX array (traced inside
+  `jit`).
+  """
+  if x2 is None:
+    return np.bool_(True)
+  l1, t1 = jax.tree_util.tree_flatten(x1)
+  l2, t2 = jax.tree_util.tree_flatten(x2)
+  if t1 != t2 or any(np.shape(a) != np.shape(b) for a, b in zip(l1, l2)):
+    return np.bool_(False)
+  xp = np if all(isinstance(a, np.ndarray) for a in l1 + l2) else jnp
+  same = [xp.all(xp.abs(a - b) < SAME_INPUTS_TOL)
+          if xp.issubdtype(xp.result_type(a, b), xp.inexact)
+          else xp.all(a == b) for a, b in zip(l1, l2)]
+  return xp.all(xp.asarray(same)) if same else np.bool_(True)

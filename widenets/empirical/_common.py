@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_map
 
+from ..kernel import same_inputs
+
 __all__ = ["NtkImplementation", "DEFAULT_NTK_IMPLEMENTATION",
            "canonical_implementation", "canonical_axes", "output_ids",
            "contract", "split_kwargs", "VmapSpec", "canonical_vmap",
@@ -33,8 +35,8 @@ class NtkImplementation(enum.IntEnum):
     AUTO: (``0``) compiles the other three for the given shapes and runs the
       one with the fewest estimated FLOPs (XLA cost analysis; a short timing
       where the estimate is unavailable). Works on CPU, GPU and TPU; ask
-      `widenets.empirical.auto.last_choice` (or ``ntk_fn.choice``) what it
-      picked.
+      ``ntk_fn.method_for(x1, x2, params)`` (or ``ntk_fn.choice``, its last
+      call) what it picks.
     JACOBIAN_CONTRACTION: (``1``, the default) both Jacobians by reverse mode,
       then contracted. Best for small outputs and expensive forward passes
       (CNNs); simplest and most reliable.
@@ -167,15 +169,6 @@ def check_trace_diagonal(shape1, shape2, trace_axes, diagonal_axes) -> None:
 # --- kwargs: rng and pairs split between x1 and x2 ---------------------------
 
 
-def x1_is_x2(x1, x2) -> jax.Array:
-  """Traced boolean: ``x1`` equals ``x2`` (same tree, shapes and values)."""
-  l1, t1 = jax.tree_util.tree_flatten(x1)
-  l2, t2 = jax.tree_util.tree_flatten(x2)
-  if t1 != t2 or any(jnp.shape(a) != jnp.shape(b) for a, b in zip(l1, l2)):
-    return jnp.asarray(False)
-  return jnp.all(jnp.asarray([jnp.all(a == b) for a, b in zip(l1, l2)]))
-
-
 def _split_key(key, x1, x2):
   # Same inputs must see the same dropout mask, different inputs different
   # ones (as neural-tangents).
@@ -183,10 +176,10 @@ def _split_key(key, x1, x2):
     return key, key
   if isinstance(key, tuple) and len(key) == 2:
     key1, key2 = key
-    other = jnp.where(x1_is_x2(key1, key2), jax.random.fold_in(key2, 1), key2)
-    return key1, jnp.where(x1_is_x2(x1, x2), key1, other)
+    other = jnp.where(same_inputs(key1, key2), jax.random.fold_in(key2, 1), key2)
+    return key1, jnp.where(same_inputs(x1, x2), key1, other)
   if isinstance(key, (jax.Array, np.ndarray)):
-    return key, jnp.where(x1_is_x2(x1, x2), key, jax.random.fold_in(key, 1))
+    return key, jnp.where(same_inputs(x1, x2), key, jax.random.fold_in(key, 1))
   raise TypeError(f"`rng` must be a PRNG key, a pair of keys or None; got "
                   f"{type(key).__name__}.")
 

@@ -175,4 +175,5 @@ def empirical_kernel_fn(
     results = {g: fns[g](x1, x2, params, **kwargs) for g in names}
     return assemble(results, names, single)
 
+  kernel_fn.ntk_fn = fns["ntk"]  # e.g. its `method_for` under AUTO
   return kernel_fn

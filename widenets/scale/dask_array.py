@@ -22,8 +22,8 @@ import numpy as np
 
 from ..batching import assemble, blocks as B
 from ..batching.job import BlockJob
-from ..batching.runner import (BatchedKernelFn, _leaf_specs, _validated,
-                               _x1_is_x2)
+from ..batching.runner import BatchedKernelFn, _leaf_specs, _validated
+from ..kernel import same_inputs
 
 __all__ = ["kernel_array"]
 
@@ -190,7 +190,7 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
       layer[(name,) + (0,) * len(shape)] = (_pick, (blk, 0, 0), spec.path)
       ch = tuple((e,) for e in shape)
     elif spec.kind == B.FLAG:
-      values[k] = np.asarray(_x1_is_x2(x1, x2), spec.dtype)
+      values[k] = np.asarray(same_inputs(x1, x2), spec.dtype)
       continue
     elif spec.kind in (B.ROWROW, B.COLCOL) and spec.source:
       continue

@@ -15,10 +15,13 @@ from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
 from .dense import Dense
 from .graph import Aggregate, AggregateImplementation, DotGeneral
-from .layer import KernelFn, Requirements, layer
+from .kernel_fn import KernelFn
+from .layer import layer
 from .masking import MaskedArray, unmask_fn
+from .overflow import KernelOverflowError
 from .pooling import (AvgPool, Flatten, GlobalAvgPool, GlobalSumPool,
                       SumPool)
+from .requirements import Requirements
 from .stencil import Padding
 from .structural import (Dropout, Identity, ImageResize, Index, LayerNorm,
                          Slice)

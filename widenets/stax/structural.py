@@ -152,7 +152,7 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0,
                                   keepdims=True), 1))
 
     def zipped(d, position):
-      return covariance._expand(d, d.ndim - 1, position, k.diagonal_spatial)
+      return covariance.expand(d, d.ndim - 1, position, k.diagonal_spatial)
 
     d1 = variances(k.cov1, k.mask1)
     d2 = d1 if k.cov2 is None else variances(k.cov2, k.mask2)
