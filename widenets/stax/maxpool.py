@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ...kernel import Kernel
-from .. import stencil
-from ..pooling import _spatial_axes_of, window_geometry
-from ..layer import Requirements, layer
-from .base import check_callable, require_gaussian
+from ..kernel import Kernel
+from . import stencil
+from .pooling import _spatial_axes_of, window_geometry
+from .layer import Requirements, layer
+from .activations.base import check_callable, require_gaussian
 
 
 def window_indices(windows: Sequence[stencil.Window]):
