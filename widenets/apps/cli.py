@@ -8,7 +8,6 @@ status 2; set ``WIDENETS_TRACEBACK=1`` to see the full traceback instead.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Optional, Sequence

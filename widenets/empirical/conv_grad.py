@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from . import structured_rules as R
+from . import jaxpr_eval
 
 __all__ = ["supported", "weight_grad", "has_conv", "with_fast_conv_grads"]
 
-_CALLS = R.CALLS
 _LETTERS = "abdefghijlmpqrstuvwxyz"  # spatial ids; c, k, n, o are taken
 
 
@@ -86,14 +85,14 @@ def _fast_conv(eqn) -> Callable:
 
   @jax.custom_vjp
   def conv(lhs, rhs):
-    return R.bind(eqn, [lhs, rhs])[0]
+    return jaxpr_eval.bind(eqn, [lhs, rhs])[0]
 
   def fwd(lhs, rhs):
     return conv(lhs, rhs), (lhs, rhs)
 
   def bwd(res, ct):
     lhs, rhs = res
-    _, pull = jax.vjp(lambda l: R.bind(eqn, [l, rhs])[0], lhs)
+    _, pull = jax.vjp(lambda l: jaxpr_eval.bind(eqn, [l, rhs])[0], lhs)
     d_rhs = weight_grad(lhs, ct, rhs.shape, eqn.params).astype(rhs.dtype)
     return pull(ct)[0], d_rhs
 
@@ -106,7 +105,8 @@ def _has_conv(jaxpr) -> bool:
     if (eqn.primitive.name == "conv_general_dilated" and
         supported(eqn.params)):
       return True
-    if eqn.primitive.name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
+    if (eqn.primitive.name in jaxpr_eval.CALLS and
+        _has_conv(eqn.params["jaxpr"].jaxpr)):
       return True
   return False
 
@@ -116,12 +116,12 @@ def _eval(jaxpr, consts, args):
     name = eqn.primitive.name
     if name == "conv_general_dilated" and supported(eqn.params):
       return [_fast_conv(eqn)(*invals)]
-    if name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
+    if name in jaxpr_eval.CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
       inner = eqn.params["jaxpr"]
       return _eval(inner.jaxpr, inner.consts, invals)
-    return R.bind(eqn, invals)
+    return jaxpr_eval.bind(eqn, invals)
 
-  return R.eval_jaxpr(jaxpr, consts, args, step)
+  return jaxpr_eval.eval_jaxpr(jaxpr, consts, args, step)
 
 
 def has_conv(fn: Callable, *args) -> bool:

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_map
 
-from . import _common as C
+from ..axes import canonical_axes
+from . import _common
 from .conv_grad import has_conv, with_fast_conv_grads
 
 __all__ = ["ntk_vector_products_ntk_fn", "empirical_ntk_vp_fn"]
@@ -208,12 +209,13 @@ def _symmetric_rows(rows_against: Callable, x, args: list,
 
 def _trace_and_diagonal(r, ndim: int, trace_axes, diagonal_axes):
   """Takes traces/diagonals of ``r`` of shape ``fx1.shape + fx2.shape``."""
-  trace_axes = C.canonical_axes(trace_axes, ndim, "trace_axes")
-  diagonal_axes = C.canonical_axes(diagonal_axes, ndim, "diagonal_axes")
-  C.check_trace_diagonal(r.shape[:ndim], r.shape[ndim:], trace_axes,
-                         diagonal_axes)
-  ids1, ids2, out = C.output_ids(ndim, trace_axes, diagonal_axes)
-  return jnp.einsum(r, ids1 + ids2, out) / C.trace_size(r.shape, trace_axes)
+  trace_axes = canonical_axes(trace_axes, ndim, "trace_axes")
+  diagonal_axes = canonical_axes(diagonal_axes, ndim, "diagonal_axes")
+  _common.check_trace_diagonal(r.shape[:ndim], r.shape[ndim:], trace_axes,
+                               diagonal_axes)
+  ids1, ids2, out = _common.output_ids(ndim, trace_axes, diagonal_axes)
+  return (jnp.einsum(r, ids1 + ids2, out) /
+          _common.trace_size(r.shape, trace_axes))
 
 
 def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
@@ -221,14 +223,14 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
   """``ntk_fn(x1, x2, params, **kwargs)`` by NTK-vector products."""
 
   def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
-    kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
-    fx1 = C.check_params(f, params, x1, kw1)
-    symmetric = C.all_none(x2)
+    kw1, kw2 = _common.split_kwargs(kwargs, x1, x2)
+    fx1 = _common.check_params(f, params, x1, kw1)
+    symmetric = _common.all_none(x2)
     if symmetric:
       x2, kw2, fx2 = x1, kw1, fx1
     else:
-      fx2 = C.check_params(f, params, x2, kw2)
-    spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
+      fx2 = _common.check_params(f, params, x2, kw2)
+    spec = _common.canonical_vmap(vmap_axes, x1, fx1, kw1)
     # x2=None: Theta is symmetric, so only pairs i <= j (by sample blocks)
     # are computed. Needs `plain` inputs: an ``rng`` among the keyword
     # arguments would draw differently for a block than for the batch.
@@ -242,7 +244,7 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
     keys = tuple(kwargs)
     args = [kw1[k] for k in keys]
     if spec.active:
-      g_plain = C.per_sample_fn(f, spec, keys)
+      g_plain = _common.per_sample_fn(f, spec, keys)
       g = with_fast_conv_grads(g_plain)
       # One trace of f decides the row form for every output leaf.
       prefer_pairs = plain and _prefers_pairs(g_plain, params, x1, args)
@@ -284,14 +286,14 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
           r = _symmetric_rows(lambda lo: against(x1[lo:]), x1, args,
                               l1.shape[1:])
         elif pairs:
-          r = _map_samples(against(x2), C.vmap_in_axes(spec, keys),
+          r = _map_samples(against(x2), _common.vmap_in_axes(spec, keys),
                            [x1] + args, rows=rows)
           if symmetric:  # exactly symmetric, as the blocked form is
             k = l1.ndim
             r = (r + jnp.transpose(r, list(range(k, 2 * k)) +
                                    list(range(k)))) / 2
         else:
-          r = _map_samples(against(x2), C.vmap_in_axes(spec, keys),
+          r = _map_samples(against(x2), _common.vmap_in_axes(spec, keys),
                            [x1] + args, rows=rows)
           r = jnp.moveaxis(r, 0, axis)
       out.append(_trace_and_diagonal(r, len(l1.shape), trace_axes,
@@ -320,10 +322,10 @@ def empirical_ntk_vp_fn(f: Callable, x1, x2: Optional, params,
     returns a tree shaped like ``f(params, x1)``:
     ``sum_{j,b} Theta[(i,a), (j,b)] v[j,b]`` (no trace over outputs).
   """
-  kw1, kw2 = C.split_kwargs(apply_fn_kwargs, x1, x2)
-  C.check_params(f, params, x1, kw1)
+  kw1, kw2 = _common.split_kwargs(apply_fn_kwargs, x1, x2)
+  _common.check_params(f, params, x1, kw1)
   f1 = lambda p: f(p, x1, **kw1)
-  f2 = f1 if C.all_none(x2) else (lambda p: f(p, x2, **kw2))
+  f2 = f1 if _common.all_none(x2) else (lambda p: f(p, x2, **kw2))
 
   def ntk_vp_fn(cotangents):
     t, = jax.vjp(f2, params)[1](cotangents)

@@ -107,4 +107,5 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1):
 
   return init_fn, apply_fn, rule, Requirements(
       packable=packable, batch_axis=batch_axis,
-      channel_axis=channel_axis), masking.MaskRule(mask_fn=mask_fn, remask=False)
+      channel_axis=channel_axis), masking.MaskRule(mask_fn=mask_fn,
+                                                   remask=False)

@@ -3,14 +3,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ..axes import canonical_axes, spatial_axes
 from ..kernel import Kernel
 from . import covariance, masking
 from .layer import Requirements, layer
-
-
-def _axes_tuple(axis, ndim: int) -> tuple:
-  axis = (axis,) if isinstance(axis, int) else tuple(axis)
-  return tuple(sorted({a % ndim for a in axis}))
 
 
 @layer
@@ -28,7 +24,7 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0,
     return tuple(input_shape), ()
 
   def apply_fn(params, inputs, mask=None, **kwargs):
-    axes = _axes_tuple(axis, inputs.ndim)
+    axes = canonical_axes(axis, inputs.ndim, "LayerNorm: axis", "inputs")
     if mask is None:
       mean = jnp.mean(inputs, axes, keepdims=True)
       var = jnp.var(inputs, axes, keepdims=True)
@@ -45,13 +41,13 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0,
                        f"before it); got a kernel of shape {tuple(k.shape1)} "
                        f"that is not.")
     ndim = len(k.shape1)
-    axes = _axes_tuple(axis, ndim)
+    axes = canonical_axes(axis, ndim, "LayerNorm: axis", "inputs")
     ca, ba = k.channel_axis % ndim, k.batch_axis % ndim
     if ca not in axes:
       raise ValueError(f"LayerNorm: axis={axis} must include the channel axis "
                        f"{ca} (input shape {tuple(k.shape1)}) for the kernel "
                        f"to converge.")
-    spatial = [i for i in range(ndim) if i not in (ca, ba)]
+    spatial = list(spatial_axes(ndim, ba, ca))
     sp_axes = tuple(1 + spatial.index(a) for a in axes if a in spatial)
     over_batch = ba in axes
     if not sp_axes and not over_batch:
@@ -95,7 +91,7 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0,
                      cov2=None if k.cov2 is None else norm(k.cov2, d2, d2,
                                                            both))
 
-  ax = _axes_tuple(axis, 64)
+  ax = canonical_axes(axis, 64, "LayerNorm: axis", "inputs")
   mixes = any(a % 64 != channel_axis % 64 for a in ax)
   return init_fn, apply_fn, rule, Requirements(
       diagonal_spatial_ok=not mixes, packable=not mixes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ..axes import spatial_axes
 from ..kernel import Kernel
 from . import masking
 from .layer import Requirements, layer
@@ -47,7 +48,7 @@ def ImageResize(shape, method, antialias: bool = True,
                        f"in the infinite-width limit; set shape[{c}] = -1 "
                        f"(got shape {shape}).")
     t1, t2 = target(k.shape1), target(k.shape2)
-    sp = [i for i in range(ndim) if i not in (b, c)]
+    sp = spatial_axes(ndim, b, c)
 
     def resize(mat, s1, s2, batch_ndim):
       if mat is None or jnp.ndim(mat) == 0:

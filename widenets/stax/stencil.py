@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +44,7 @@ from jax import lax
 __all__ = ["Padding", "Window", "conv_windows", "transpose_windows",
            "pool_windows", "conv", "pool", "pool_counts", "local",
            "take_spatial_diagonal", "embed_spatial_diagonal", "pad_axes",
-           "fold_axes", "check_windows"]
+           "fold_axes", "check_windows", "as_padding"]
 
 
 class Padding(enum.Enum):
@@ -93,7 +93,7 @@ class Window:
     return self.fold or self.raw_out
 
 
-def _as_padding(padding) -> Padding:
+def as_padding(padding) -> Padding:
   if isinstance(padding, Padding):
     return padding
   try:
@@ -106,7 +106,7 @@ def _as_padding(padding) -> Padding:
 def conv_windows(in_shape: Sequence[int], filter_shape: Sequence[int],
                  strides: Sequence[int], padding) -> tuple:
   """Windows of a (shared or local) convolution or a pool over ``in_shape``."""
-  padding = _as_padding(padding)
+  padding = as_padding(padding)
   mode = "VALID" if padding == Padding.VALID else "SAME"
   pads = lax.padtype_to_pads(tuple(in_shape), tuple(filter_shape),
                              tuple(strides), mode)
@@ -134,7 +134,7 @@ def transpose_windows(in_shape: Sequence[int], filter_shape: Sequence[int],
                       strides: Sequence[int], padding) -> tuple:
   """Windows of a transposed convolution (`lax.conv_transpose` semantics;
   CIRCULAR: the VALID result wrapped onto the SAME output size)."""
-  padding = _as_padding(padding)
+  padding = as_padding(padding)
   out = []
   for n, f, s in zip(in_shape, filter_shape, strides):
     if padding == Padding.CIRCULAR:
