@@ -131,9 +131,9 @@ def _gram(a: jax.Array, b: jax.Array, ndim: int, trace_axes) -> jax.Array:
 
   Parameter and traced axes are moved to the front and flattened into the
   contracting axis ``K``: ``A (K, M)``, ``B (K, N)``. XLA's CPU dot is fast
-  on this form and up to ~5x slower when ``K`` is the minor axis of a
-  ``(M, K)`` operand with small ``M`` (a Jacobian ``(samples, params)``); the
-  transposes fuse into the Jacobian's producers.
+  on this form and slow when ``K`` is the minor axis of a ``(M, K)`` operand
+  with small ``M`` (a Jacobian ``(samples, params)``); the transposes fuse
+  into the Jacobian's producers.
   """
   free = [i for i in range(ndim) if i not in trace_axes]
   front = list(range(ndim, a.ndim)) + list(trace_axes)

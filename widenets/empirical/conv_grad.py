@@ -5,11 +5,10 @@ y * stride + k * dilation]``. JAX's transpose rule computes it as another
 convolution; under ``vmap`` over samples (the per-sample Jacobians of
 `NtkImplementation.JACOBIAN_CONTRACTION`, the cotangents of structured
 derivatives) both operands carry the batch and it becomes a *grouped*
-convolution, which XLA's CPU backend runs 2.5x slower in jax 0.10 than in jax
-0.4 (3 x 3 x 64 x 64 kernel, 32 samples x 10 outputs: 238 vs 97 ms). Written
-as ``K`` strided slices of the padded input stacked on a new axis and one
-``dot_general`` over ``(n, y)`` it takes 60 ms: vmap turns the contraction
-into a batched matmul.
+convolution, which XLA's CPU backend runs slowly. Written as ``K`` strided
+slices of the padded input stacked on a new axis and one ``dot_general`` over
+``(n, y)``, vmap turns the contraction into a batched matmul (timings:
+benchmarks/RESULTS.md, "Measurements behind the code").
 
 `weight_grad` is that formula; `with_fast_conv_grads` rewrites a function's
 convolutions to use it in reverse mode (a `jax.custom_vjp` per convolution,

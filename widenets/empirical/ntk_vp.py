@@ -58,8 +58,8 @@ def _pairwise_rows(g, params, index: int, a, others, args, dtype):
   ``*O_a + (len(others),) + *O_b``, pair by pair as neural-tangents does:
   the transpose of ``delta -> J_a (J_b^T delta)`` applied to the basis of
   ``f(a)``. XLA simplifies this per-pair form better on fully connected
-  networks (3-layer FCN: 110 vs 140 ms); the batched form of `_rows` wins
-  on convolutions (CNN: 640 vs 707 ms), see `_prefers_pairs`."""
+  networks; the batched form of `_rows` wins on convolutions, see
+  `_prefers_pairs`."""
   fa = jax.eval_shape(lambda p: g(p, a, *args), params)
   la = jax.tree_util.tree_leaves(fa)[index]
   size = int(np.prod(la.shape, dtype=np.int64))
@@ -91,9 +91,8 @@ def _prefers_pairs(g, params, x, args) -> bool:
 # bounds the memory of the vmapped tangents, which otherwise grows as
 # N1 * K * N2 activations.
 _ROWS_PER_CHUNK = 1 << 15
-# Chunks are unrolled (at most this many): the same chunks as a `lax.map`
-# loop ran 1.6-2.4x slower on XLA's CPU backend (jax 0.10; 3-layer CNN, 32
-# samples: 15-22 s vs 7 s), apparently from the convolutions inside the loop.
+# Chunks are unrolled (at most this many): XLA's CPU backend runs
+# convolutions inside a `lax.map` loop markedly slower.
 _MAX_CHUNKS = 8
 
 
@@ -276,9 +275,8 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
             return _rows(vjp_fn, fx_s, f_other, params, i, shape, l1.dtype)
           return per_sample
 
-        # Symmetric blocks pay off for the batched form (CNN: 7.3 -> 3.9 s);
-        # per-pair rows gained nothing from them (FCN: 103 vs 101-124 ms
-        # with 2-8 blocks). A block's rows must fit `_ROWS_PER_CHUNK`.
+        # Symmetric blocks pay off for the batched form only (per-pair rows
+        # gain nothing). A block's rows must fit `_ROWS_PER_CHUNK`.
         rows = l1.size // l1.shape[axis] * l2.size
         block = -(-l1.shape[axis] // _MAX_CHUNKS)
         if (symmetric and axis == 0 and not pairs and

@@ -72,8 +72,8 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
 
 @jax.jit
 def _cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
-  # Compiled once per shape: eagerly, cho_solve's two triangular solves and
-  # their transposes were dispatched op by op.
+  # Compiled once per shape: run eagerly, cho_solve's two triangular solves
+  # and their transposes would be dispatched op by op.
   return jax.scipy.linalg.cho_solve((chol, True), b)
 
 

@@ -21,15 +21,13 @@ Only the trailing spatial axes are touched, so the same code runs on full
 ``(N1, N2)``, sample-diagonal ``(N1,)`` and packed ``(N(N+1)/2,)`` batch
 layouts.
 
-Speed and memory (profiled on CPU, 4-layer CNN on 8x8 images): the diagonal
-stencil over a zipped pair ``(x, x')`` is a `lax.reduce_window` on the
-flattened pair with window dilation ``X + 1`` (the step ``(1, 1)``), one axis
-pair at a time. That was ~5x faster than `lax.conv_general_dilated` with a
-0/1 ``f x f`` filter over the ``(X, X')`` plane (1 input channel, most taps
-zero). A plain sum of shifted slices was as fast but let XLA re-fuse each
-layer's elementwise work into the next layer's fusions, keeping every
-layer's buffers alive (4.6x the temporary memory); the reduce-window
-boundary materializes each layer once.
+The diagonal stencil over a zipped pair ``(x, x')`` is a `lax.reduce_window`
+on the flattened pair with window dilation ``X + 1`` (the step ``(1, 1)``),
+one axis pair at a time: a convolution with a 0/1 filter over the
+``(X, X')`` plane wastes most taps, and a plain sum of shifted slices lets
+XLA re-fuse each layer's elementwise work into the next layer's fusions,
+keeping every layer's buffers alive; the reduce-window boundary materializes
+each layer once.
 """
 from __future__ import annotations
 
