@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "GET_FIELDS",
-           "same_inputs"]
+__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "check_get",
+           "canonical_get", "namedtuple_type", "GET_FIELDS", "same_inputs"]
 
 
 def field(pytree_node: bool = True, **kwargs):
@@ -206,18 +206,52 @@ GET_FIELDS = tuple(f.name for f in dataclasses.fields(Kernel)
                    if f.name not in INTERNAL_FIELDS)
 
 
-def _check_get(get) -> None:
-  names = (get,) if isinstance(get, str) else tuple(get)
-  for name in names:
-    if name not in GET_FIELDS:
-      raise ValueError(
-          f"Unknown `get` {name!r}: expected one of {', '.join(GET_FIELDS)} "
-          f"(or a tuple of them, or None for the whole Kernel).")
-
-
 @functools.lru_cache(maxsize=None)
-def _namedtuple(name: str, fields: tuple):
+def namedtuple_type(name: str, fields: tuple) -> type:
+  """The namedtuple class ``name`` with ``fields``: one class per pair, so
+  results asked for the same way have the same type (and treedef)."""
   return collections.namedtuple(name, fields)
+
+
+# batching/blocks.py's name for `namedtuple_type`.
+_namedtuple = namedtuple_type
+
+
+def canonical_get(get, allowed: Sequence[str] = GET_FIELDS, *,
+                  default: Optional[tuple] = None,
+                  none_means: str = "the whole Kernel",
+                  ignore_case: bool = False, nonempty: bool = False
+                  ) -> tuple[Optional[tuple], bool]:
+  """``(names, single)`` of a ``get`` argument.
+
+  ``get`` is a name (``single``: the caller returns that value alone), a
+  tuple/list of names (a namedtuple with those fields, in that order) or
+  ``None`` (``default``; ``none_means`` says what that is in errors).
+  Names must be in ``allowed`` and unique; ``ignore_case`` lowercases them
+  first, ``nonempty`` rejects ``()``.
+  """
+  if get is None:
+    return default, False
+  if isinstance(get, str):
+    names, single = (get,), True
+  elif isinstance(get, (tuple, list)):
+    names, single = tuple(get), False
+  else:
+    raise TypeError(f"`get` must be a string, a tuple of strings or None; got "
+                    f"{type(get).__name__}.")
+  if nonempty and not names:
+    raise ValueError("`get` must be non-empty.")
+  if ignore_case:
+    names = tuple(str(g).lower() for g in names)
+  for name in names:
+    if name not in allowed:
+      raise ValueError(
+          f"Unknown `get` {name!r}: expected one of "
+          f"{', '.join(map(repr, allowed))} (or a tuple of them, or None for "
+          f"{none_means}).")
+  if len(set(names)) < len(names):
+    raise ValueError(f"All entries of `get` must be unique; got {names}.")
+  return names, single
 
 
 def get_from(obj, get, name: str = "AnalyticKernel"):
@@ -227,26 +261,19 @@ def get_from(obj, get, name: str = "AnalyticKernel"):
   namedtuple ``name`` with those fields, in that order) or ``None`` (returns
   ``obj`` itself).
   """
-  if get is None:
+  names, single = canonical_get(get)
+  if names is None:
     return obj
-  _check_get(get)
   pick = ((lambda n: obj[n]) if isinstance(obj, dict)
           else (lambda n: getattr(obj, n)))
-  if isinstance(get, str):
-    return pick(get)
-  get = tuple(get)
-  return _namedtuple(name, get)(*[pick(n) for n in get])
+  if single:
+    return pick(names[0])
+  return namedtuple_type(name, names)(*[pick(n) for n in names])
 
 
 def check_get(get) -> Optional[tuple]:
   """Validates ``get`` and returns it as a tuple of names (None stays None)."""
-  if get is None:
-    return None
-  if not isinstance(get, (str, tuple, list)):
-    raise TypeError(f"`get` must be a string, a tuple of strings or None; got "
-                    f"{type(get).__name__}.")
-  _check_get(get)
-  return (get,) if isinstance(get, str) else tuple(get)
+  return canonical_get(get)[0]
 
 
 # Inputs closer than this are the same inputs (as neural-tangents' x1_is_x2).

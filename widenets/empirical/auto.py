@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import tree_map
 
-from . import _common as C
-from ._common import NtkImplementation
+from ._common import NtkImplementation, shape_dtype
+from .methods import method_ntk_fn
 
 __all__ = ["auto_ntk_fn", "BYTES_WEIGHT"]
 
@@ -36,12 +36,6 @@ BYTES_WEIGHT = 8.0
 _CANDIDATES = (NtkImplementation.JACOBIAN_CONTRACTION,
                NtkImplementation.NTK_VECTOR_PRODUCTS,
                NtkImplementation.STRUCTURED_DERIVATIVES)
-
-
-def _sds(a):
-  if a is None:
-    return None
-  return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
 
 
 def _is_array(v) -> bool:
@@ -85,17 +79,15 @@ def auto_ntk_fn(f: Callable, trace_axes=(-1,), diagonal_axes=(),
                 vmap_axes=None, _j_rules: bool = True, _s_rules: bool = True,
                 _fwd=None, **unused):
   """``ntk_fn(x1, x2, params, **kwargs)`` with the method chosen per shape."""
-  from .kernel import empirical_ntk_fn
-
-  fns = {i: empirical_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, i,
-                             _j_rules, _s_rules, _fwd) for i in _CANDIDATES}
+  fns = {i: method_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, i,
+                          _j_rules, _s_rules, _fwd) for i in _CANDIDATES}
   cache: dict = {}
 
   def choose(x1, x2, params, kwargs):
     arrays = {k: v for k, v in kwargs.items()
               if all(_is_array(l) for l in jax.tree_util.tree_leaves(v))}
     static = {k: v for k, v in kwargs.items() if k not in arrays}
-    args = tree_map(_sds, (x1, x2, params, arrays),
+    args = tree_map(shape_dtype, (x1, x2, params, arrays),
                     is_leaf=lambda v: v is None)
     costs, timed = {}, False
     compiled_by, errors = {}, []
