@@ -275,7 +275,10 @@ def test_two_processes_resuming_compute_each_block_once(tmp_path):
   assert len(finished) == 2
   script = tmp_path / "job.py"
   script.write_text(_RESUME)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(nt.__file__))  # this checkout
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH",
+                                                              "")]))
   procs = [subprocess.Popen([sys.executable, str(script), path],
                             stdout=subprocess.PIPE, text=True, env=env)
            for _ in range(2)]
