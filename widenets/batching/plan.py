@@ -154,6 +154,9 @@ def probe_mirror(job, specs, x1p, pair1, keys, grid) -> list:
   rules = []
   for s in specs:
     v = vals[s.path].astype(np.float64)
+    if not np.all(np.isfinite(v)):  # the blocks will fail their check
+      rules.append(None)
+      continue
     tol = 1e-4 * max(float(np.max(np.abs(v))), 1e-30)
     ok = [r for r in ((blocks.ZIPPED, blocks.BATCH) if (v.ndim - 2) % 2 == 0
                       else (blocks.BATCH,))
