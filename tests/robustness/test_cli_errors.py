@@ -61,7 +61,7 @@ def test_batch_raises_when_a_custom_kernel_fn_returns_nan():
     nt.batch(kernel_fn, 4)(X, X, "ntk")
 
 
-# -- item 10: zero samples, empty CSVs, bad shapes ------------------------------
+# -- item 10: zero samples, empty CSVs, bad shapes -----------------------------
 def test_batch_of_zero_samples_is_a_clear_error():
   with pytest.raises(ValueError, match=r"x1 has 0 samples"):
     nt.batch(KF, 4)(X[:0], None, "ntk")

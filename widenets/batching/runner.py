@@ -214,8 +214,9 @@ class BatchedKernelFn:
     per_pair = 0.0
     if self.store_on_device and self.store is None:
       per_pair = devices.output_bytes(out) / 4
-    return devices.auto_batch_size(block_bytes, n_max, devices.free_memory(device),
-                             result_bytes_per_pair=per_pair)
+    return devices.auto_batch_size(block_bytes, n_max,
+                                   devices.free_memory(device),
+                                   result_bytes_per_pair=per_pair)
 
   def _run(self, job: BlockJob, x1, x2, store_path, progress):
     symmetric = x2 is None
@@ -437,7 +438,8 @@ class BatchedKernelFn:
       outs[(i, j)] = fn(devices.put(block(i, j), dev), None,
                         *devices.put((dyn_args, dyn_kwargs), dev), {}, {}, None)
     desc, leaves = blocks.flatten_output(outs[(0, 0)])
-    specs = [dataclasses.replace(s, kind=blocks.CONST) if s.kind == blocks.FLAG else s
+    specs = [dataclasses.replace(s, kind=blocks.CONST)
+             if s.kind == blocks.FLAG else s
              for s in plan.leaf_specs(job, leaves, grid, None, None, None)]
     sink = assemble.MemorySink(specs, grid, self.store_on_device,
                                devs[0] if len(devs) > 1 else None)
