@@ -35,7 +35,7 @@ def blocks_to_compute(store: BlockStore, all_tasks: list, mirrored: bool
   ``{block: message}`` of damaged blocks, and the first intact done task."""
   sums = store.checksums(strict=False)
   done = sums[..., 0] != 0
-  damaged = store.damaged(done, sums)
+  damaged = store.damaged(sums)
   bad = set()
   for i, j in damaged:
     bad.add((min(i, j), max(i, j)) if mirrored else (i, j))

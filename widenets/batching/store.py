@@ -227,6 +227,16 @@ class BlockStore:
     except Exception:  # noqa: BLE001 - a corrupted chunk: not done
       return False
 
+  def _region_error(self, k: int, i: int, j: int, e=None) -> str:
+    where = (f"Store {self.path!r}: block {(i, j)} of "
+             f"{self.specs[k].path!r}")
+    if e is not None:
+      return (f"{where} cannot be read from {self.chunk_file(k, i, j)} "
+              f"({_one_line(e)}).")
+    return (f"{where} fails its checksum: {self.chunk_file(k, i, j)} was "
+            f"changed, truncated, deleted or copied over after it was "
+            f"written.")
+
   def read_region(self, k: int, i: int, j: int, expected: int):
     """Leaf ``k``'s part of block ``(i, j)``, checked against ``expected``."""
     region = blocks.owned_region(self.specs[k], self.grid, i, j)
@@ -235,28 +245,49 @@ class BlockStore:
     except StoreCorruptionError:
       raise
     except Exception as e:  # noqa: BLE001 - zarr/codec errors vary
-      raise StoreCorruptionError(
-          f"Store {self.path!r}: block {(i, j)} of {self.specs[k].path!r} "
-          f"cannot be read from {self.chunk_file(k, i, j)} "
-          f"({_one_line(e)}).") from e
+      raise StoreCorruptionError(self._region_error(k, i, j, e)) from e
     if digest(v) != int(expected):
-      raise StoreCorruptionError(
-          f"Store {self.path!r}: block {(i, j)} of {self.specs[k].path!r} "
-          f"fails its checksum: {self.chunk_file(k, i, j)} was changed, "
-          f"truncated, deleted or copied over after it was written.")
+      raise StoreCorruptionError(self._region_error(k, i, j))
     return v
 
-  def damaged(self, mask: np.ndarray, sums: np.ndarray) -> dict:
+  def _owners(self, k: int) -> list:
+    spec, grid = self.specs[k], self.grid
+    return [(i, j) for i in range(grid.nb1) for j in range(grid.nb2)
+            if blocks.owned_region(spec, grid, i, j) is not None]
+
+  def checked_leaf(self, k: int, sums: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``(leaf k, {block: message})``: the full leaf (blocks not done read as
+    zeros) and the done blocks that cannot be read or fail their checksum.
+    """
+    spec, a = self.specs[k], self._array(f"leaf_{k}")
+    owners = self._owners(k)
+    errors = {}
+    try:  # one read; block by block only to find what is broken
+      full = np.asarray(a[...])
+    except Exception:  # noqa: BLE001 - zarr/codec errors vary
+      full = np.zeros(blocks.full_shape(spec, self.grid), spec.dtype)
+      for i, j in owners:
+        region = blocks.owned_region(spec, self.grid, i, j)
+        try:
+          full[region] = a[region]
+        except Exception as e:  # noqa: BLE001
+          errors[(i, j)] = self._region_error(k, i, j, e)
+    for i, j in owners:
+      region = blocks.owned_region(spec, self.grid, i, j)
+      if not sums[i, j, 0]:
+        full[region] = 0
+      elif (i, j) not in errors and sums[i, j, 1 + k] and (
+          digest(full[region]) != int(sums[i, j, 1 + k])):
+        errors[(i, j)] = self._region_error(k, i, j)
+    return full, errors
+
+  def damaged(self, sums: np.ndarray) -> dict:
     """``{(i, j): message}`` for done blocks whose data fail their checks."""
     bad = {}
-    for i, j in zip(*np.nonzero(mask)):
-      for k in range(len(self.specs)):
-        if sums[i, j, 1 + k]:
-          try:
-            self.read_region(k, i, j, sums[i, j, 1 + k])
-          except StoreCorruptionError as e:
-            bad[(int(i), int(j))] = str(e)
-            break
+    for k, spec in enumerate(self.specs):
+      if spec.kind in (blocks.PAIR, blocks.ROW, blocks.COL, blocks.CONST):
+        for b, msg in self.checked_leaf(k, sums)[1].items():
+          bad.setdefault(b, msg)
     return bad
 
   # -- writing -----------------------------------------------------------------
@@ -305,9 +336,7 @@ class BlockStore:
       return np.asarray(self.meta.get("flags", {}).get(str(k), False),
                         spec.dtype)
     sums = self.checksums(strict=True)
-    owners = [(i, j) for i in range(grid.nb1) for j in range(grid.nb2)
-              if blocks.owned_region(spec, grid, i, j) is not None]
-    for i, j in owners:
+    for i, j in self._owners(k):
       if not sums[i, j, 0] and not allow_incomplete:
         raise StoreCorruptionError(
             f"Store {self.path!r}: block {(i, j)} is marked missing although "
@@ -323,12 +352,10 @@ class BlockStore:
                              chunks=(grid.b1, grid.b2) + tuple(
                                  spec.block_shape[2:]), asarray=True,
                              lock=False, fancy=False)
-    out = np.zeros(blocks.full_shape(spec, grid), spec.dtype)
-    for i, j in owners:
-      if sums[i, j, 0]:
-        region = blocks.owned_region(spec, grid, i, j)
-        out[region] = self.read_region(k, i, j, sums[i, j, 1 + k])
-    return out
+    full, errors = self.checked_leaf(k, sums)
+    if errors:
+      raise StoreCorruptionError(errors[min(errors)])
+    return full
 
 
 class _CheckedLeaf:
