@@ -141,6 +141,8 @@ def _kernel(args) -> int:
   kernel_fn = load_architecture(args.arch, args.name)[2]
   out = args.out
   use_store = out.endswith(".zarr") or os.path.isdir(out)
+  if not use_store and not out.endswith((".npy", ".npz")):
+    raise CLIError(f"--out must end in .npy, .npz or .zarr; got {out!r}.")
   progress = (_progress_line if args.progress else False)
   try:
     from .batching import batch

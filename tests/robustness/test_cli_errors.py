@@ -115,3 +115,11 @@ def test_help_says_py_architectures_run_python(capsys):
       cli.main([sub, "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "runs it as Python" in out, sub
+
+
+@pytest.mark.parametrize("out", ["", "k.txt"])
+def test_kernel_bad_out_fails_before_computing(tmp_path, capsys, out):
+  np.save(tmp_path / "x.npy", np.ones((3, 4), np.float32))
+  code, err = run(capsys, "kernel", "Dense(1)", str(tmp_path / "x.npy"),
+                  "--out", out, "--no-progress")
+  assert code == 2 and "--out must end in" in err
