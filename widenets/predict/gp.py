@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from .._memory import release_free_memory
 from . import solvers
+from . import validation
 from ._common import (Axes, Layout, canonicalize_get, check_diag_reg,
                       check_test_train, check_train, eval_context,
                       from_2d, get_kernel, is_array,
@@ -88,6 +89,7 @@ def _gp_inference(
     solver: Any = None,
 ) -> Callable:
   release_free_memory()  # see widenets/_memory.py
+  validation.check_finite("gp_inference", y_train=y_train)
   y_train = jnp.asarray(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
@@ -120,6 +122,8 @@ def _gp_inference(
       ``Gaussians`` of them in ``get`` order.
     """
     single, names = canonicalize_get(get)
+    validation.check_finite("gp_inference", k_test_train=k_test_train,
+                            k_test_test=k_test_test)
     release_free_memory()
     out = {}
     for g in names:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ..kernel import Kernel
+from . import runs
 from .layer import KernelFn, Requirements, collect_finite_flags, record_flag
 
 
@@ -36,6 +37,12 @@ def _apply(kernel_fn, k, **kwargs):
   return kernel_fn(k, **kwargs)
 
 
+def _apply_block(fns, k, **kwargs):
+  for f in fns:
+    k = _apply(f, k, **kwargs)
+  return k
+
+
 def serial(*layers):
   """Composes layers: ``serial(f, g)(x) = g(f(x))``.
 
@@ -60,9 +67,16 @@ def serial(*layers):
       inputs = f(p, inputs, rng=r, **kwargs)
     return inputs
 
+  # Identical consecutive blocks run as one loop (see `runs`), so compile
+  # time grows with the number of distinct blocks, not with depth.
+  kernel_runs = runs.find_runs(kernel_fns)
+
   def rule(k, **kwargs):
-    for f in kernel_fns:
-      k = _apply(f, k, **kwargs)
+    for start, period, repeats in kernel_runs:
+      block = functools.partial(_apply_block, kernel_fns[start:start + period],
+                                **kwargs)
+      k = runs.scan_block(block, k, repeats, collect_finite_flags,
+                          record_flag)
     return k
 
   reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
