@@ -22,6 +22,7 @@ import jax
 from jax.tree_util import tree_map
 
 from . import _common as C
+from . import validation
 from ._common import (DEFAULT_NTK_IMPLEMENTATION, NtkImplementation,
                       _DEFAULT_NTK_FWD, _DEFAULT_NTK_J_RULES,
                       _DEFAULT_NTK_S_RULES)
@@ -46,6 +47,7 @@ def empirical_nngp_fn(f: Callable, trace_axes: Axes = (-1,),
     once.
   """
   def nngp_fn(x1, x2=None, params=None, **kwargs):
+    validation.check_finite("empirical_nngp_fn", x1, x2, params)
     kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
     C.check_params(f, params, x1, kw1)
     out1 = f(params, x1, **kw1)
@@ -108,9 +110,10 @@ def empirical_ntk_fn(
     ``ntk_fn(x1, x2, params, **kwargs)`` (shapes as `empirical_nngp_fn`).
   """
   impl = C.canonical_implementation(implementation)
-  return _implementations()[impl](
+  return validation.checked(_implementations()[impl](
       f=f, trace_axes=trace_axes, diagonal_axes=diagonal_axes,
-      vmap_axes=vmap_axes, _j_rules=_j_rules, _s_rules=_s_rules, _fwd=_fwd)
+      vmap_axes=vmap_axes, _j_rules=_j_rules, _s_rules=_s_rules, _fwd=_fwd),
+      "empirical_ntk_fn")
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,7 +32,7 @@ import numpy as np
 from .._memory import release_free_memory
 from .._tracing import all_concrete
 from ..kernel import Kernel, check_get, get_from
-from . import chunking, covariance
+from . import chunking, covariance, validation
 
 __all__ = ["Requirements", "KernelFn", "layer", "inputs_to_kernel",
            "output_shape", "is_kernel_tree"]
@@ -511,6 +511,9 @@ def _validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
           f"{name}: inputs must be at least 2-D (a batch axis and a feature "
           f"axis); got shape {tuple(a.shape)}. For N scalar inputs use "
           f"x.reshape(-1, 1); for one example use x[None].")
+    validation.numeric_input(name, "x1", a, batch_axis)
+    if l2 is not None:
+      validation.numeric_input(name, "x2", l2[i], batch_axis)
     if l2 is not None:
       b = l2[i]
       rest = lambda s: tuple(d for i, d in enumerate(s)
