@@ -34,7 +34,8 @@ def _numeric(where: str, name: str, x):
   if dtype is None:
     x = np.asarray(x)
     dtype = x.dtype
-  if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+  if not (jnp.issubdtype(dtype, jnp.number) or
+          jnp.issubdtype(dtype, jnp.bool_)):
     raise TypeError(f"{where}: `{name}` must be a numeric array; got dtype "
                     f"{dtype}.")
   return x
@@ -53,7 +54,7 @@ def check_finite(where: str, **arrays) -> None:
       if not is_concrete(leaf):
         continue
       leaf = _numeric(where, name, leaf)
-      if not np.issubdtype(leaf.dtype, np.inexact):
+      if not jnp.issubdtype(leaf.dtype, jnp.inexact):
         continue
       names.append((name, tuple(np.shape(leaf))))
       flags.append(np.all(np.isfinite(leaf)) if isinstance(

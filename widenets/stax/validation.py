@@ -13,6 +13,7 @@ import math
 import numbers
 from typing import Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from .._tracing import is_concrete
@@ -100,9 +101,11 @@ def index_in_range(layer: str, idx, shape: Sequence[int]) -> None:
   """
   entries = idx if isinstance(idx, tuple) else (idx,)
   ndim = len(shape)
-  if Ellipsis in entries:
-    e = entries.index(Ellipsis)
-    fill = ndim - (len(entries) - 1 - entries.count(None))
+  # Identity tests: entries may be index arrays, whose == is elementwise.
+  ellipses = [i for i, e in enumerate(entries) if e is Ellipsis]
+  if ellipses:
+    e = ellipses[0]
+    fill = ndim - (len(entries) - 1 - sum(x is None for x in entries))
     entries = entries[:e] + (slice(None),) * fill + entries[e + 1:]
   axis = 0
   for entry in entries:
@@ -123,8 +126,8 @@ def index_in_range(layer: str, idx, shape: Sequence[int]) -> None:
 def numeric_input(layer: str, label: str, x, batch_axis: int = 0) -> None:
   """Inputs have a numeric dtype and no empty non-batch (feature) axis."""
   dtype = getattr(x, "dtype", None)
-  if dtype is not None and not (np.issubdtype(dtype, np.number) or
-                                np.issubdtype(dtype, np.bool_)):
+  if dtype is not None and not (jnp.issubdtype(dtype, jnp.number) or
+                                jnp.issubdtype(dtype, jnp.bool_)):
     raise TypeError(f"{layer}: {label} must be a numeric array; got dtype "
                     f"{dtype} (shape {tuple(np.shape(x))}).")
   shape = tuple(np.shape(x))
