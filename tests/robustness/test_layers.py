@@ -33,6 +33,13 @@ IMG = np.random.RandomState(1).randn(2, 6, 6, 3).astype(np.float32)
     (lambda: stax.LeakyRelu(np.nan), r"LeakyRelu: `alpha` must be finite; "
      r"got alpha=nan"),
     (lambda: stax.ABRelu(1., np.inf), r"ABRelu: `b` must be finite"),
+    (lambda: stax.Conv(4, (2, 2), padding="FOO"),
+     r"Conv: `padding` must be 'VALID', 'SAME' or 'CIRCULAR'; got "
+     r"padding='FOO'"),
+    (lambda: stax.AvgPool((2, 2), padding="same-ish"), r"AvgPool: `padding`"),
+    (lambda: stax.Dense(2, parameterization="foo"),
+     r"Dense: `parameterization` must be 'ntk' or 'standard'; got "
+     r"parameterization='foo'"),
     (lambda: stax.ImageResize((-2, -2, -2, -1), "linear"),
      r"ImageResize: every entry of `shape` .* got shape=\(-2, -2, -2, -1\)"),
 ])

@@ -54,6 +54,8 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
                 b_std: Optional[float], dimension_numbers, parameterization,
                 s, transpose: bool, shared: bool):
   """The ``(init_fn, apply_fn, rule, reqs)`` of the three convolutions."""
+  validation.known_parameterization(name, parameterization)
+  validation.known_padding(name, padding)
   parameterization = check_parameterization(parameterization, s)
   validation.positive_int(name, "out_chan", out_chan)
   filter_shape = validation.positive_ints(name, "filter_shape", filter_shape)

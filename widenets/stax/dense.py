@@ -78,6 +78,7 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = None,
   Params: ``(W, b)`` with ``W`` of shape ``(n_in, out_dim)`` and ``b`` of
   shape ``(1, ..., out_dim, ..., 1)`` (or ``None``).
   """
+  validation.known_parameterization("Dense", parameterization)
   parameterization = check_parameterization(parameterization, s)
   validation.positive_int("Dense", "out_dim", out_dim)
   validation.finite_float("Dense", "W_std", W_std)

@@ -97,6 +97,7 @@ def window_geometry(name: str, window_shape, strides, padding,
   ``windows_for(in_spatial)`` gives the per-axis `stencil` windows (with the
   layer's clear errors) and ``init_fn`` the output shape.
   """
+  validation.known_padding(name, padding)
   window_shape = validation.positive_ints(name, "window_shape", window_shape)
   strides = validation.positive_ints(name, "strides", strides or None)
   strides = tuple(strides) if strides else (1,) * len(window_shape)

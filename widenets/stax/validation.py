@@ -19,7 +19,8 @@ import numpy as np
 from .._tracing import is_concrete
 
 __all__ = ["positive_int", "positive_ints", "finite_float", "positive_floats",
-           "resize_shape", "index_in_range", "numeric_input"]
+           "resize_shape", "index_in_range", "numeric_input",
+           "known_padding", "known_parameterization"]
 
 
 def positive_int(layer: str, arg: str, value) -> int:
@@ -121,6 +122,22 @@ def index_in_range(layer: str, idx, shape: Sequence[int]) -> None:
                          f"axis {axis} of size {size} (inputs of shape "
                          f"{tuple(shape)}).")
     axis += 1
+
+
+def known_padding(layer: str, padding) -> None:
+  """``padding`` is 'VALID', 'SAME' or 'CIRCULAR' (any case) or a `Padding`."""
+  name = getattr(padding, "value", padding)
+  if not isinstance(name, str) or name.upper() not in ("VALID", "SAME",
+                                                       "CIRCULAR"):
+    raise ValueError(f"{layer}: `padding` must be 'VALID', 'SAME' or "
+                     f"'CIRCULAR'; got padding={padding!r}.")
+
+
+def known_parameterization(layer: str, parameterization) -> None:
+  if not isinstance(parameterization, str) or parameterization.lower() not in (
+      "ntk", "standard"):
+    raise ValueError(f"{layer}: `parameterization` must be 'ntk' or "
+                     f"'standard'; got parameterization={parameterization!r}.")
 
 
 def numeric_input(layer: str, label: str, x, batch_axis: int = 0) -> None:
