@@ -47,7 +47,7 @@ def test_deep_serial_matches_unrolled(monkeypatch):
   monkeypatch.setattr(runs, "MIN_REPEATS", 10**9)  # no loops: the reference
   *_, unrolled = _deep(4, W_std=1.3, b_std=0.1)
   ref = unrolled(X, X[:2], ("nngp", "ntk"))
-  assert _equations(unrolled) > 2 * _equations(kernel_fn)
+  assert _equations(unrolled) > 1.5 * _equations(kernel_fn)
   np.testing.assert_allclose(k.nngp, ref.nngp, rtol=1e-5)
   np.testing.assert_allclose(k.ntk, ref.ntk, rtol=1e-5)
 

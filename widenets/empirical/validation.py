@@ -49,12 +49,22 @@ def check_finite(where: str, x1, x2, params) -> None:
                        f"infinite values; the kernel would be all NaN.")
 
 
-def checked(fn: Callable, where: str) -> Callable:
-  """``fn(x1, x2=None, params=None, ...)`` that first checks its arguments."""
+class checked:
+  """``fn(x1, x2=None, params=None, ...)`` that first checks its arguments.
 
-  @functools.wraps(fn)
-  def wrapped(x1, x2=None, params=None, *args, **kwargs):
-    check_finite(where, x1, x2, params)
-    return fn(x1, x2, params, *args, **kwargs)
+  Other attributes (e.g. ``choice``, which AUTO sets on its first call) are
+  read from ``fn`` at the time they are asked for.
+  """
 
-  return wrapped
+  def __init__(self, fn: Callable, where: str):
+    functools.update_wrapper(self, fn, updated=())
+    self._fn, self._where = fn, where
+
+  def __call__(self, x1, x2=None, params=None, *args, **kwargs):
+    check_finite(self._where, x1, x2, params)
+    return self._fn(x1, x2, params, *args, **kwargs)
+
+  def __getattr__(self, name):
+    if name.startswith("__") or name in ("_fn", "_where"):
+      raise AttributeError(name)
+    return getattr(self._fn, name)
