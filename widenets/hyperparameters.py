@@ -41,7 +41,7 @@ from .predict.evidence import (leave_one_out_log_likelihood,
                                log_marginal_likelihood)
 
 __all__ = ["evidence_fn", "fit_hyperparameters", "FitResult",
-           "compare_depths", "evidence_table", "dense_network"]
+           "compare_depths", "evidence_table", "dense_network", "from_spec"]
 
 Build = Callable[[Any], tuple]
 _CRITERIA = {"lml": log_marginal_likelihood,
@@ -416,3 +416,53 @@ def dense_network(depth: int, activation: Optional[Callable] = None,
     return stax.serial(*layers)
 
   return build
+
+
+def from_spec(spec: str) -> tuple[Build, dict]:
+  """``(build, init)`` for a spec string (`widenets.spec`) with shared
+  ``W_std`` / ``b_std``.
+
+  Every layer that takes ``W_std`` (Dense, Conv, ...) gets ``hp['W_std']``;
+  every one with a bias (``b_std`` not None) gets ``hp['b_std']``. ``init``
+  holds the first values the spec gives (1.0 / 0.05 where it gives none);
+  ``b_std`` is left out when no layer has a bias.
+  """
+  import inspect
+  from . import spec as spec_module
+  from . import stax
+
+  known = spec_module.layer_names()
+  calls = []
+  w0, b0 = [], []
+  for name, args, kwargs in spec_module.layer_calls(spec):
+    params = inspect.signature(known[name]).parameters
+    bound = dict(inspect.signature(known[name]).bind_partial(*args,
+                                                             **kwargs)
+                 .arguments)
+    takes_w = "W_std" in params
+    has_b = "b_std" in params and (bound.get("b_std", params["b_std"].default)
+                                   is not None)
+    if takes_w:
+      w0.append(bound.get("W_std", params["W_std"].default))
+    if has_b:
+      b0.append(bound.get("b_std", params["b_std"].default))
+    calls.append((known[name], bound, takes_w, has_b))
+  init = {"W_std": float(w0[0]) if w0 else 1.0}
+  if b0:
+    init["b_std"] = float(b0[0])
+  if not w0:
+    raise ValueError(f"from_spec: no layer of {spec!r} takes W_std; nothing "
+                     f"to fit.")
+
+  def build(hp):
+    layers = []
+    for ctor, bound, takes_w, has_b in calls:
+      kw = dict(bound)
+      if takes_w:
+        kw["W_std"] = hp["W_std"]
+      if has_b:
+        kw["b_std"] = hp["b_std"]
+      layers.append(ctor(**kw))
+    return layers[0] if len(layers) == 1 else stax.serial(*layers)
+
+  return build, init
