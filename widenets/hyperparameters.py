@@ -303,7 +303,7 @@ def fit_hyperparameters(build: Build, init, x_train, y_train, *,
                                              space, (nlo, nhi))
       runs.append(_run(step, params, opt.init(params), steps, tol, unpack,
                        fit_noise))
-  best = max(runs, key=lambda run: run[0])
+  best = min(runs, key=lambda run: run[0])  # run[0] is the loss
   if not math.isfinite(best[0]):
     raise ValueError("fit_hyperparameters: the objective was not finite at "
                      "any iterate; start from other values or a larger "
@@ -350,7 +350,7 @@ def _run(step, params, state, steps, tol, unpack, fit_noise):
     if quiet >= 10:
       break
   if not losses:
-    return -math.inf, [], None, np.zeros(0)
+    return math.inf, [], None, np.zeros(0)
   stop = int(np.argmin(losses)) + 1
   path = jax.tree_util.tree_map(lambda *v: np.asarray(v, np.float64),
                                 *values[:stop])
