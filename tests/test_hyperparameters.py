@@ -149,3 +149,27 @@ def test_non_finite_objective_is_a_clear_error():
 
 def test_public_name():
   assert nt.fit_hyperparameters is fit_hyperparameters
+
+
+def test_evidence_grid_and_landscape_figure(tmp_path):
+  pytest.importorskip("matplotlib")
+  from widenets import plot
+  from widenets.hyperparameters import evidence_grid
+  build = dense_network(1)
+  x = np.random.RandomState(0).randn(8, 2)
+  y = np.sin(x[:, :1])
+  w, b = [0.8, 1.2, 1.6], [0.1, 0.5]
+  grid = evidence_grid(build, x, y, w, b, noise=0.1)
+  assert grid.shape == (3, 2)
+  with jax.enable_x64(True):
+    ref = evidence_fn(build, jnp.asarray(x), jnp.asarray(y))(
+        {"W_std": 1.2, "b_std": 0.5}, 0.1)
+  np.testing.assert_allclose(grid[1, 1], ref, rtol=1e-10)
+  fig = plot.evidence_landscape(w, b, grid, path=([0.8, 1.0], [0.1, 0.2]),
+                                test_error=-grid)
+  assert len(fig.axes) >= 2
+  assert (tmp_path / "e.png").exists() is False
+  plot.save(fig, tmp_path / "e.png")
+  assert (tmp_path / "e.png").stat().st_size > 1000
+  with pytest.raises(ValueError, match="shape"):
+    plot.evidence_landscape(w, b, grid.T)

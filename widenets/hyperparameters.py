@@ -41,7 +41,7 @@ from .predict.evidence import (leave_one_out_log_likelihood,
                                log_marginal_likelihood)
 
 __all__ = ["evidence_fn", "fit_hyperparameters", "FitResult",
-           "compare_depths", "evidence_table", "dense_network", "from_spec"]
+           "compare_depths", "evidence_table", "dense_network", "from_spec", "evidence_grid"]
 
 Build = Callable[[Any], tuple]
 _CRITERIA = {"lml": log_marginal_likelihood,
@@ -466,3 +466,25 @@ def from_spec(spec: str) -> tuple[Build, dict]:
     return layers[0] if len(layers) == 1 else stax.serial(*layers)
 
   return build, init
+
+
+def evidence_grid(build: Build, x_train, y_train, w_values, b_values, *,
+                  noise: float, get: str = "nngp", criterion: str = "lml",
+                  extra: Optional[dict] = None, x64: bool = True
+                  ) -> np.ndarray:
+  """The evidence on a ``(W_std, b_std)`` grid: ``(len(w), len(b))``.
+
+  ``build`` gets ``{'W_std': w, 'b_std': b, **extra}``; the evaluation is
+  one compiled function mapped over the grid (for
+  `widenets.plot.evidence_landscape`).
+  """
+  extra = dict(extra or {})
+  with jax.enable_x64(bool(x64)):
+    dtype = jnp.float64 if x64 else jnp.float32
+    f = evidence_fn(build, jnp.asarray(x_train, dtype),
+                    jnp.asarray(y_train, dtype), get=get, criterion=criterion)
+    one = jax.jit(lambda w, b: f(dict(extra, W_std=w, b_std=b),
+                                 jnp.asarray(noise, dtype)))
+    out = [[float(one(jnp.asarray(w, dtype), jnp.asarray(b, dtype)))
+            for b in b_values] for w in w_values]
+  return np.asarray(out)
