@@ -29,6 +29,7 @@ diagonal (``diag_reg`` with ``diag_reg_absolute_scale=True``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -61,18 +62,25 @@ def evidence_fn(build: Build, x_train, y_train, *, get: str = "nngp",
       (`predict.leave_one_out_log_likelihood`).
 
   Returns:
-    ``f(hp, noise) -> scalar``, summed over output columns; ``noise`` is
-    the absolute noise variance. Differentiable in ``hp`` and ``noise``.
+    ``f(hp, noise, x=None, y=None) -> scalar``, summed over output
+    columns; ``noise`` is the absolute noise variance; ``x``, ``y`` replace
+    ``x_train``, ``y_train`` (pass them as arguments when jitting ``f``, so
+    that the data is not compiled in as a constant). Differentiable in
+    ``hp`` and ``noise``.
   """
   if criterion not in _CRITERIA:
     raise ValueError(f"evidence_fn: criterion must be 'lml' or 'loo'; got "
                      f"{criterion!r}.")
   score = _CRITERIA[criterion]
 
-  def f(hp, noise):
+  def f(hp, noise, x=None, y=None):
+    # x, y override the captured data: pass them as arguments of a jitted
+    # caller, or XLA constant-folds the kernel of a captured x_train.
+    x = x_train if x is None else x
+    y = y_train if y is None else y
     kernel_fn = build(hp)[2]
-    k = kernel_fn(x_train, None, get, **kernel_fn_kwargs)
-    return score(k, y_train, noise, True)
+    k = kernel_fn(x, None, get, **kernel_fn_kwargs)
+    return score(k, y, noise, True)
 
   return f
 
@@ -276,12 +284,12 @@ def fit_hyperparameters(build: Build, init, x_train, y_train, *,
                                                                   dtype))
       return space.to_values(params[0]), jnp.exp(log_noise)
 
-    def loss(params):
-      return -score(*unpack(params)) / n
+    def loss(params, x, y):
+      return -score(*unpack(params), x, y) / n
 
     @jax.jit
-    def step(params, state):
-      value, grad = jax.value_and_grad(loss)(params)
+    def step(params, state, x, y):
+      value, grad = jax.value_and_grad(loss)(params, x, y)
       updates, state = opt.update(grad, state, params)
       params = optax.apply_updates(params, updates)
       params = (space.clip(params[0]), jnp.clip(params[1], nlo, nhi))
@@ -289,7 +297,7 @@ def fit_hyperparameters(build: Build, init, x_train, y_train, *,
 
     theta0 = [jnp.asarray(t, dtype) for t in space.to_theta(init)]
     start = (theta0, jnp.log(jnp.asarray(noise, dtype)))
-    first = float(loss(start))
+    first = float(loss(start, x, y))
     if not math.isfinite(first):
       raise ValueError(
           f"fit_hyperparameters: the {criterion} objective is {-first * n} at "
@@ -301,8 +309,8 @@ def fit_hyperparameters(build: Build, init, x_train, y_train, *,
     for r in range(restarts + 1):
       params = start if r == 0 else _perturb(start, rng, restart_scale,
                                              space, (nlo, nhi))
-      runs.append(_run(step, params, opt.init(params), steps, tol, unpack,
-                       fit_noise))
+      runs.append(_run(functools.partial(step, x=x, y=y), params,
+                       opt.init(params), steps, tol, unpack))
   best = min(runs, key=lambda run: run[0])  # run[0] is the loss
   if not math.isfinite(best[0]):
     raise ValueError("fit_hyperparameters: the objective was not finite at "
@@ -324,7 +332,7 @@ def _perturb(start, rng, scale, space, noise_bounds):
   return theta, log_noise
 
 
-def _run(step, params, state, steps, tol, unpack, fit_noise):
+def _run(step, params, state, steps, tol, unpack):
   """One restart: ``(best loss, losses, value path, noise path)``.
 
   The path ends at the best finite iterate; a non-finite loss stops the
@@ -481,10 +489,10 @@ def evidence_grid(build: Build, x_train, y_train, w_values, b_values, *,
   extra = dict(extra or {})
   with jax.enable_x64(bool(x64)):
     dtype = jnp.float64 if x64 else jnp.float32
-    f = evidence_fn(build, jnp.asarray(x_train, dtype),
-                    jnp.asarray(y_train, dtype), get=get, criterion=criterion)
-    one = jax.jit(lambda w, b: f(dict(extra, W_std=w, b_std=b),
-                                 jnp.asarray(noise, dtype)))
-    out = [[float(one(jnp.asarray(w, dtype), jnp.asarray(b, dtype)))
+    f = evidence_fn(build, None, None, get=get, criterion=criterion)
+    x, y = jnp.asarray(x_train, dtype), jnp.asarray(y_train, dtype)
+    one = jax.jit(lambda w, b, x, y: f(dict(extra, W_std=w, b_std=b),
+                                       jnp.asarray(noise, dtype), x, y))
+    out = [[float(one(jnp.asarray(w, dtype), jnp.asarray(b, dtype), x, y))
             for b in b_values] for w in w_values]
   return np.asarray(out)
