@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test,plot,ode,sklearn,scale,docs
+EXTRAS := test,plot,ode,sklearn,scale,fit,docs
 
 .PHONY: demo test install clean
 
