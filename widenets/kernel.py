@@ -213,9 +213,6 @@ def namedtuple_type(name: str, fields: tuple) -> type:
   return collections.namedtuple(name, fields)
 
 
-# batching/blocks.py's name for `namedtuple_type`.
-_namedtuple = namedtuple_type
-
 
 def canonical_get(get, allowed: Sequence[str] = GET_FIELDS, *,
                   default: Optional[tuple] = None,

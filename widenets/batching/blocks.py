@@ -30,7 +30,6 @@ kind        block shape             full shape / source
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import importlib
 import math
@@ -38,7 +37,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..kernel import ARRAY_FIELDS, Kernel
+from ..kernel import ARRAY_FIELDS, Kernel, namedtuple_type
 
 __all__ = ["Grid", "LeafSpec", "flatten_output", "unflatten_output",
            "pad_rows", "mirror", "mirror_perm", "leaf_kind", "full_shape",
@@ -251,7 +250,7 @@ def _namedtuple_class(d: dict):
       return obj
   except Exception:  # a local or dynamically made class
     pass
-  return collections.namedtuple(d["name"], tuple(d["fields"]))
+  return namedtuple_type(d["name"], tuple(d["fields"]))
 
 
 def kernel_fields(desc: dict) -> Iterator[dict]:
