@@ -659,20 +659,30 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
   function returns the public triple with a `KernelFn`. An optional fifth
   element, a `masking.MaskRule`, says how the layer moves masks (default:
   unchanged, covariances of masked positions zeroed).
+  A function returning neural-tangents' triple ``(init_fn, apply_fn,
+  kernel_fn)``, with ``kernel_fn(kernel, **kwargs) -> kernel`` (see
+  `widenets.stax.custom` for `requires` and `supports_masking`), works too.
   """
 
   @functools.wraps(fn)
   def make(*args, **kwargs):
-    init_fn, apply_fn, rule, reqs, *mask_rule = fn(*args, **kwargs)
+    parts = fn(*args, **kwargs)
+    if len(parts) == 3:
+      # neural-tangents' form: (init_fn, apply_fn, kernel_fn) (`custom`).
+      from . import custom
+      parts = custom.from_triple(*parts)
+    init_fn, apply_fn, rule, reqs, *mask_rule = parts
     mask_rule = mask_rule[0] if mask_rule else None
     name = _layer_name(fn.__name__, args, kwargs)
     from . import masking
     apply_fn = masking.masked_apply(apply_fn, mask_rule)
     kernel_fn = KernelFn(rule, reqs, name, init_fn=init_fn,
                          mask_rule=mask_rule, masks=True)
-    for f in (init_fn, apply_fn):
+    # As neural-tangents: the three functions are named after the layer
+    # (``'Relu'``); messages and reprs use ``name`` (with its arguments).
+    for f in (init_fn, apply_fn, kernel_fn):
       try:
-        f.__name__ = name
+        f.__name__ = fn.__name__
       except (AttributeError, TypeError):
         pass
     return init_fn, apply_fn, kernel_fn
