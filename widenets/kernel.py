@@ -209,7 +209,8 @@ def _namedtuple(name: str, fields: tuple):
 
 
 def get_from(obj, get, name: str = "AnalyticKernel"):
-  """Picks ``get`` from a `Kernel` (or namedtuple/dict of arrays).
+  """Picks ``get`` from a `Kernel` (or namedtuple/dict of arrays, or a list or
+  tuple of those, giving the same structure).
 
   ``get`` is a field name (returns that value), a tuple of names (returns a
   namedtuple ``name`` with those fields, in that order) or ``None`` (returns
@@ -217,6 +218,9 @@ def get_from(obj, get, name: str = "AnalyticKernel"):
   """
   if get is None:
     return obj
+  if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+    # Several outputs (``parallel``): the same structure, each picked.
+    return type(obj)(get_from(o, get, name) for o in obj)
   _check_get(get)
   pick = ((lambda n: obj[n]) if isinstance(obj, dict)
           else (lambda n: getattr(obj, n)))

@@ -221,6 +221,12 @@ class KernelFn:
     diagonal_batch = kwargs.pop("diagonal_batch", None)
     diagonal_spatial = kwargs.pop("diagonal_spatial", None)
     mask_constant = kwargs.pop("mask_constant", None)
+    if mask_constant is not None and not isinstance(mask_constant,
+                                                    (int, float)):
+      # An array (perhaps traced under the caller's jit): an argument of the
+      # compiled call, not part of its static configuration.
+      kwargs[_MASK_KEY] = jnp.asarray(mask_constant)
+      mask_constant = _MASK_KEY
     if diagonal_spatial and not self.reqs.diagonal_spatial_ok:
       raise ValueError(
           f"{self.name}: diagonal_spatial=True was asked for, but layer "
@@ -291,7 +297,10 @@ class KernelFn:
     return size if diagonal_spatial else size * size
 
   def _compute(self, x1, x2, dynamic, config):
-    c = config.value
+    c = dict(config.value)
+    dynamic = dict(dynamic)
+    if c["mask_constant"] == _MASK_KEY:
+      c["mask_constant"] = dynamic.pop(_MASK_KEY)
     get = c["get"]
     compute_ntk = get is None or "ntk" in get
     reqs = self.reqs
@@ -368,6 +377,10 @@ class KernelFn:
       k = covariance.pack(k)
     out, flags = evaluate(k)
     return out, flags, inputs_ok, _all_finite(out)
+
+# The key under which an array ``mask_constant`` travels with the dynamic
+# arguments of the compiled call.
+_MASK_KEY = "__mask_constant__"
 
 # Calls whose kernels are smaller than this skip the heap trim: many small
 # calls (batching in small blocks) would each pay for it, for little memory.
@@ -524,7 +537,10 @@ def _validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
 def _masked(x, mask_constant):
   if mask_constant is None:
     return x, None
-  if np.isnan(mask_constant):
+  if isinstance(mask_constant, jax.Array):
+    mask = jnp.where(jnp.isnan(mask_constant), jnp.isnan(x),
+                     x == mask_constant.astype(x.dtype))
+  elif np.isnan(mask_constant):
     mask = jnp.isnan(x)
   else:
     mask = x == mask_constant
