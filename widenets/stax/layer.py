@@ -217,6 +217,8 @@ class KernelFn:
       return get_from(self.apply(x1_or_kernel, **kw), get)
 
     x1 = x1_or_kernel
+    if x2 is not None and not jax.tree_util.tree_leaves(x2):
+      x2 = None  # a structure of Nones, e.g. (None, None): x2 = x1
     _validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     diagonal_batch = kwargs.pop("diagonal_batch", None)
     diagonal_spatial = kwargs.pop("diagonal_spatial", None)

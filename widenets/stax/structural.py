@@ -66,6 +66,8 @@ def Dropout(rate: float, mode: str = "train"):
     def scale(mat, batch_mask, batch_ndim):
       if mat is None or jnp.ndim(mat) == 0:
         return mat
+      batch_mask = jnp.reshape(batch_mask, jnp.shape(batch_mask) + (1,) * (
+          mat.ndim - jnp.ndim(batch_mask)))  # explicit trailing spatial axes
       mask = batch_mask & _spatial_diagonal_mask(k, mat, batch_ndim)
       return mat * jnp.where(mask, factor, 1.0)
 
