@@ -185,6 +185,18 @@ class Kernel:
         nngp=permute(self.nngp, self.batch_ndim),
         ntk=permute(self.ntk, self.batch_ndim))
 
+  def reverse(self) -> "Kernel":
+    """The spatial axes in reverse order, with ``is_reversed`` toggled.
+
+    widenets keeps spatial axes in natural order. neural-tangents 0.6.5
+    returns them reversed (``is_reversed=True``) after an odd number of
+    convolutions when no readout removes them: ``nt_kernel.reverse()`` is
+    widenets' kernel and ``kernel.reverse()`` neural-tangents' layout.
+    """
+    n_spatial = len(self.shape1) - 2
+    return self.transpose(tuple(range(n_spatial))[::-1]).replace(
+        is_reversed=not self.is_reversed)
+
 
 # The array-valued (pytree child) fields of a Kernel.
 ARRAY_FIELDS = ("nngp", "ntk", "cov1", "cov2", "x1_is_x2", "mask1", "mask2")
