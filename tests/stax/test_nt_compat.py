@@ -175,3 +175,17 @@ def test_avg_pool_kernel_under_strict_rank_promotion():
         stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
     with jax.numpy_rank_promotion("raise"):
       assert kf(x1, x2, "ntk").shape == (3, 2)
+
+
+def test_monte_carlo_blocks_slice_per_input_kwargs():
+  import widenets as nt
+  x = _x((8, 3, 4))
+  pattern = jax.random.normal(KEY, (8, 3, 3))
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Relu(),
+                                     stax.Aggregate(), stax.GlobalAvgPool(),
+                                     stax.Dense(8))
+  blocked = nt.monte_carlo_kernel_fn(init_fn, apply_fn, KEY, 2, batch_size=2)
+  whole = nt.monte_carlo_kernel_fn(init_fn, apply_fn, KEY, 2)
+  a = blocked(x, None, "ntk", pattern=(pattern, pattern))
+  b = whole(x, None, "ntk", pattern=(pattern, pattern))
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
