@@ -49,14 +49,19 @@ def _decay(evals: jax.Array, tau: jax.Array) -> jax.Array:
   """``exp(-lambda tau)`` for ``lambda > 0``, else 1; shape ``(T, n)``."""
   pos = evals > 0
   lam = jnp.where(pos, evals, 0.)
-  return jnp.where(pos, jnp.exp(-lam * tau[:, None]), 1.)
+  return jnp.where(pos[None], jnp.exp(-lam[None] * tau[:, None]), 1.)
 
 
 def _phi(evals: jax.Array, tau: jax.Array) -> jax.Array:
   """``(1 - exp(-lambda tau)) / lambda`` for ``lambda > 0``, else 0."""
   pos = evals > 0
   lam = jnp.where(pos, evals, 1.)
-  return jnp.where(pos, -jnp.expm1(-lam * tau[:, None]) / lam, 0.)
+  return jnp.where(pos[None], -jnp.expm1(-lam[None] * tau[:, None]) / lam[None], 0.)
+
+
+def _lead(x: jax.Array, t_shape: tuple) -> jax.Array:
+  """``x`` with a unit axis per time axis in front (explicit broadcasting)."""
+  return jnp.reshape(x, (1,) * len(t_shape) + jnp.shape(x))
 
 
 def _factor_or_singular(solver, k2d, diag_reg, absolute, cache: dict) -> bool:
@@ -204,12 +209,14 @@ def gradient_descent_mse(
       if fx_train_0 is not None:
         d = jnp.einsum("ij,tj,jc->tic", v, 1 - _decay(lam, tau), proj)
         d = layout.unflatten(d.astype(eig.out_dtype), layout.kernel_shape)
-        out.append(fx_train_0 + d.reshape(t_shape + y_train.shape))
+        out.append(_lead(fx_train_0, t_shape)
+                   + d.reshape(t_shape + y_train.shape))
       if fx_test_0 is not None:
         a = eig.cast(k_td) @ v
         d = jnp.einsum("mj,tj,jc->tmc", a, _phi(lam, tau), proj)
         d = layout.unflatten(d.astype(eig.out_dtype), test_shape)
-        out.append(fx_test_0 + d.reshape(t_shape + fx_test_0.shape))
+        out.append(_lead(fx_test_0, t_shape)
+                   + d.reshape(t_shape + fx_test_0.shape))
     return out[0] if len(out) == 1 else tuple(out)
 
   return predict_fn
@@ -395,7 +402,7 @@ def _ensemble_moments(g, eig, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
 
   if k_td is None:
     if g == "nngp":
-      w = jnp.maximum(lam, 0.) * _decay(lam, 2 * tau)
+      w = jnp.maximum(lam, 0.)[None] * _decay(lam, 2 * tau)
       cov = jnp.einsum("ij,tj,kj->tik", v, w, v)
     else:
       e = jnp.einsum("ij,tj,kj->tik", v, _decay(lam, tau), v)
@@ -403,12 +410,12 @@ def _ensemble_moments(g, eig, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
     return mean, cov
 
   if g == "nngp":
-    cov = nngp_tt - jnp.einsum("mj,tj,lj->tml", a, _phi(lam, 2 * tau), a)
+    cov = nngp_tt[None] - jnp.einsum("mj,tj,lj->tml", a, _phi(lam, 2 * tau), a)
   else:
     # X_t = Theta^{-1}(I - e^{-Theta tau}) Theta_*^T, shape (T, n, m).
     x = jnp.einsum("ij,tj,mj->tim", v, phi, a)
     cov = jnp.swapaxes(x, 1, 2) @ (k_dd["nngp"] @ x)
     c = v.T @ k_td["nngp"].T                                    # (n, m)
     term_2 = jnp.einsum("mj,tj,jl->tml", a, phi, c)
-    cov = cov - term_2 - jnp.swapaxes(term_2, 1, 2) + nngp_tt
+    cov = cov - term_2 - jnp.swapaxes(term_2, 1, 2) + nngp_tt[None]
   return mean, cov

@@ -57,6 +57,7 @@ from .attention import (AttentionMechanism, GlobalSelfAttention,
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
+from .custom import Bool, Diagonal, requires, supports_masking
 from .dense import Dense
 from .dropout import Dropout
 from .graph import Aggregate, AggregateImplementation, DotGeneral

@@ -63,7 +63,10 @@ def mask_inputs(x, mask_constant: Optional[float]):
   ``mask_constant``."""
   if mask_constant is None:
     return x, None
-  if np.isnan(mask_constant):
+  if isinstance(mask_constant, jax.Array):
+    mask = jnp.where(jnp.isnan(mask_constant), jnp.isnan(x),
+                     x == mask_constant.astype(x.dtype))
+  elif np.isnan(mask_constant):
     mask = jnp.isnan(x)
   else:
     mask = x == mask_constant

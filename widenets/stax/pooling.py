@@ -165,7 +165,10 @@ def _pool_layer(name: str, window_shape, strides, padding,
     def f(mat, batch_ndim):
       if mat is None or jnp.ndim(mat) == 0:
         return mat
-      return stencil.pool(mat, batch_ndim, windows) / norm
+      # Batch axes stated explicitly (no implicit rank promotion).
+      lead = (1,) * (batch_ndim if jnp.ndim(norm) else 0)
+      return stencil.pool(mat, batch_ndim, windows) / jnp.reshape(
+          norm, lead + jnp.shape(norm))
 
     return k.replace(nngp=f(k.nngp, k.batch_ndim),
                      ntk=None if k.ntk is None else f(k.ntk, k.batch_ndim),
