@@ -43,6 +43,12 @@ def _normal(key, shape, scale=1.):
   return scale * jax.random.normal(key, shape) / np.sqrt(np.prod(shape[:-1]))
 
 
+def add_bias(y, b):
+  """``y + b`` over y's trailing axis, broadcast explicitly (the suite runs
+  under ``jax_numpy_rank_promotion='raise'``, as many users do)."""
+  return y + jnp.broadcast_to(b, y.shape)
+
+
 def fc():
   """Dense-tanh-Dense(3) with biases."""
   k = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -50,7 +56,8 @@ def fc():
             "w2": _normal(k[2], (8, 3)), "b2": jax.random.normal(k[3], (3,))}
 
   def f(p, x):
-    return jnp.tanh(x @ p["w1"] + 0.5 * p["b1"]) @ p["w2"] + p["b2"]
+    h = jnp.tanh(add_bias(x @ p["w1"], 0.5 * p["b1"]))
+    return add_bias(h @ p["w2"], p["b2"])
   return f, params, (5, 4), (3, 4)
 
 
@@ -65,7 +72,7 @@ def cnn():
     y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO",
                                                         "NHWC"))
-    y = jax.nn.relu(y + b)
+    y = jax.nn.relu(add_bias(y, b))
     y = jax.lax.reduce_window(y, 0., jax.lax.add, (1, 2, 2, 1),
                               (1, 2, 2, 1), "VALID") / 4.
     return y.reshape(y.shape[0], -1) @ d
