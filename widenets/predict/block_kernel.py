@@ -25,6 +25,19 @@ from ..batching.job import describe_fn, fingerprint
 __all__ = ["BlockKernel"]
 
 
+@functools.lru_cache(maxsize=32)
+def _block_fn(kernel_fn, kinds: tuple, kwargs: tuple):
+  """The jitted block function, shared by every `BlockKernel` of the same
+  kernel function and arguments (so solvers do not recompile it)."""
+  kw = dict(kwargs)
+
+  def block(x1, x2):
+    out = kernel_fn(x1, x2, kinds, **kw)
+    return tuple(getattr(out, g) for g in kinds)
+
+  return jax.jit(block)
+
+
 class BlockKernel:
   """``kernel_fn`` bound to the kernels ``kinds`` (``'nngp'``/``'ntk'``).
 
@@ -50,13 +63,12 @@ class BlockKernel:
 
   @functools.cached_property
   def _jitted(self):
-    kernel_fn, kinds, kwargs = self.kernel_fn, self.kinds, self.kwargs
-
-    def block(x1, x2):
-      out = kernel_fn(x1, x2, kinds, **kwargs)
-      return tuple(getattr(out, g) for g in kinds)
-
-    return jax.jit(block)
+    try:
+      return _block_fn(self.kernel_fn, self.kinds,
+                       tuple(sorted(self.kwargs.items())))
+    except TypeError:  # unhashable kwargs (arrays): not shared
+      return _block_fn.__wrapped__(self.kernel_fn, self.kinds,
+                                   tuple(sorted(self.kwargs.items())))
 
   def description(self) -> dict:
     """What identifies the kernel (for store metadata)."""

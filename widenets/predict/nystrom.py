@@ -158,13 +158,14 @@ class Nystrom:
   """Falkon-style Nystrom kernel regression (see the module docstring).
 
   Attributes:
-    m: number of centres (``1 <= m <= n``; ``m = n`` is exact).
+    m: number of centres (``1 <= m <= n``; ``m = n`` is exact); default
+      ``min(n, 1000)``.
     centres: ``'uniform'``, ``'rpcholesky'``, or an array of ``m`` training
       indices.
     block_size: rows per kernel block.
-    tol: relative residual of the preconditioned CG (default 1e-6 in
-      float32, 1e-10 in float64).
-    maxiter: CG iteration cap (default ``m``).
+    tol: relative residual of the preconditioned CG (default 1e-5 in
+      float32, 1e-9 in float64).
+    maxiter: CG iteration cap (default ``min(max(100, 2 m), 1000)``).
     seed: centre sampling seed.
     dtype: compute dtype (default float64 for the ``m x m`` algebra).
     memory_limit: keep ``K_NM`` in memory when it takes at most this many
@@ -174,7 +175,7 @@ class Nystrom:
     info: report of the last run.
   """
 
-  m: int = 1000
+  m: Optional[int] = None
   centres: Union[str, np.ndarray] = "uniform"
   block_size: int = 2048
   tol: Optional[float] = None
@@ -209,10 +210,10 @@ class Nystrom:
           kwargs) -> dict:
     """Chooses centres, solves per kernel; returns ``{kind: NystromModel}``."""
     n = x_train.shape[0]
-    m = _check_m(self.m, n)
+    m = _check_m(min(n, 1000) if self.m is None else self.m, n)
     dtype = np.dtype(self.dtype or np.float64)
     tol = self.tol if self.tol is not None else (
-        1e-10 if dtype == np.float64 else 1e-6)
+        1e-9 if dtype == np.float64 else 1e-5)
     kernel = BlockKernel(kernel_fn, kinds, self.block_size, None, kwargs)
     t0 = time.perf_counter()
     diag = kernel.diagonal(x_train)
@@ -251,7 +252,7 @@ class Nystrom:
       u = b_apply(v)
       return bt_apply(knm.gram_apply(u) + mu * (kmm @ u))
 
-    maxiter = self.maxiter or m
+    maxiter = self.maxiter or min(max(100, 2 * m), 1000)
 
     def solve_h(rhs, name):
       beta, cg_info = pcg(matvec, None, bt_apply(rhs), tol, maxiter,
