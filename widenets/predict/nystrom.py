@@ -104,7 +104,9 @@ class _KNM:
 
   def _compute(self, i: int) -> np.ndarray:
     xb = self.x[i:i + self.b]
-    return self.kernel.cross(xb, self.xc)[self.kind].astype(self.dtype)
+    # Kept in the kernel's dtype (half the memory of float64); products
+    # upcast one block at a time.
+    return self.kernel.cross(xb, self.xc)[self.kind]
 
   def row_blocks(self):
     for k, i in enumerate(range(0, self.x.shape[0], self.b)):
@@ -222,7 +224,7 @@ class Nystrom:
             "cg": {}, "knm_seconds": 0., "solve_seconds": 0.}
     self.info = info
     xc = x_train[idx]
-    keep = n * m * dtype.itemsize <= self.memory_limit
+    keep = n * m * 4 <= self.memory_limit
     return {g: self._solve(kernel, g, x_train, xc, y2.astype(dtype),
                            regularizer(diag[g], diag_reg, absolute), keep,
                            dtype, tol, info) for g in kinds}
