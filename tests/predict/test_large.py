@@ -160,7 +160,7 @@ def test_dask_cg_local_cluster(tmp_path):
         np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max())
 
 
-# ---- bad input ------------------------------------------------------------------
+# ---- bad input -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("m,match", [(0, "must be >= 1"), (N + 1, "> n="),
@@ -212,7 +212,7 @@ def test_store_from_other_data_or_network_is_refused(tmp_path):
                             solver=BlockCG(store=str(tmp_path / "junk")))
 
 
-# ---- resumability -----------------------------------------------------------------
+# ---- resumability -----------------------------------------------------------
 
 
 def test_pcg_resumes_exactly():

@@ -241,7 +241,7 @@ class TriangleStore:
       total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return total
 
-  # -- solver checkpoints --------------------------------------------------------
+  # -- solver checkpoints ---------------------------------------------------
   def _state_path(self, name: str) -> Optional[str]:
     return None if self.path is None else os.path.join(self.path,
                                                        f"{name}.npz")
