@@ -107,6 +107,9 @@ def _ours(args, x, y, xt):
   for k, v in info.items():
     if k.endswith("_seconds"):
       out[k.replace("_seconds", "_s")] = v
+  phases = sum(v for k, v in out.items() if k != "total_s")
+  if phases:
+    out["predict_s"] = total - phases  # test predictions and the rest
   if "cg" in info:
     out["cg_iterations"] = info["cg"]["nngp"].iterations
     out["cg_residual"] = info["cg"]["nngp"].residual

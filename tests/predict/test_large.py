@@ -127,6 +127,15 @@ def test_ensemble_at_infinity():
     pred(None, XT, "ntk", compute_cov=True)
 
 
+def test_progress_bars(capsys):
+  pytest.importorskip("tqdm")
+  nt.predict.gp_inference(KF, X, Y, XT, "nngp", REG,
+                          solver=BlockCG(block_size=48, progress=True))
+  err = capsys.readouterr().err
+  assert "kernel blocks" in err and "3/3" in err
+  assert "BlockCG (nngp, n=96) iterations" in err and "residual" in err
+
+
 def test_train_set_predictions():
   out = nt.predict.gp_inference(KF, X, Y, None, "nngp", REG, compute_cov=True,
                                 solver=BlockCG(block_size=48))

@@ -221,7 +221,8 @@ class Nystrom:
     diag = kernel.diagonal(x_train)
     idx = self._centres(kernel, kinds[0], x_train, diag[kinds[0]], m)
     info = {"centres": idx, "centre_seconds": time.perf_counter() - t0,
-            "cg": {}, "knm_seconds": 0., "solve_seconds": 0.}
+            "cg": {}, "knm_seconds": 0., "precond_seconds": 0.,
+            "solve_seconds": 0.}
     self.info = info
     xc = x_train[idx]
     keep = n * m * 4 <= self.memory_limit
@@ -236,10 +237,12 @@ class Nystrom:
     kmm = (kmm + kmm.T) / 2
     knm = _KNM(kernel, g, x, xc, keep, dtype)
     info["knm_seconds"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
     jitter = np.finfo(dtype).eps * m * max(np.trace(kmm) / m, 1e-30)
     t_chol = _cholesky(kmm + jitter * np.eye(m, dtype=dtype), "K_MM", m)
     a_chol = _cholesky((n / m) * (t_chol @ t_chol.T) +
                        mu * np.eye(m, dtype=dtype), "the preconditioner", m)
+    info["precond_seconds"] += time.perf_counter() - t0
 
     def b_apply(v):
       return scipy.linalg.solve_triangular(
