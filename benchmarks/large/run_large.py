@@ -58,8 +58,7 @@ def _ours(args, x, y, xt):
   from large_regression import network
   from widenets.predict import BlockCG, Cholesky, Nystrom
   kernel_fn = network()
-  store = None
-  cb = None
+  store = client = None
   if args.method == "block_cg":
     store = os.path.join(args.store_dir, f"store_n{args.n}_d{args.d}")
     t_blocks = [time.perf_counter()]
@@ -118,6 +117,9 @@ def _ours(args, x, y, xt):
     out["blocks_skipped"] = info["blocks"].skipped
   if store is not None:
     out["disk_gib"] = _disk(store) / 2**30
+  if args.method == "dask":
+    out["worker_peak_rss_gib"] = sorted(
+        client.run(_rss_gib).values())
   return mean, out
 
 

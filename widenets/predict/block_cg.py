@@ -160,8 +160,9 @@ class BlockCG:
 
   large_solver = True
 
-  def fit(self, kernel_fn, x_train, y2, kinds, diag_reg, absolute,
-          kwargs) -> dict:
+  def fit(self, kernel_fn: Callable, x_train: np.ndarray, y2: np.ndarray,
+          kinds: tuple, diag_reg: float, absolute: bool,
+          kwargs: dict) -> dict:
     """Computes and solves; returns ``{kind: CGModel}``."""
     if self.preconditioner not in ("nystrom", "jacobi", None, "none"):
       raise ValueError(f"BlockCG: unknown preconditioner "

@@ -208,8 +208,9 @@ class Nystrom:
                        f"(0..{x.shape[0] - 1}); got shape {idx.shape}.")
     return idx
 
-  def fit(self, kernel_fn, x_train, y2, kinds, diag_reg, absolute,
-          kwargs) -> dict:
+  def fit(self, kernel_fn: Callable, x_train: np.ndarray, y2: np.ndarray,
+          kinds: tuple, diag_reg: float, absolute: bool,
+          kwargs: dict) -> dict:
     """Chooses centres, solves per kernel; returns ``{kind: NystromModel}``."""
     n = x_train.shape[0]
     m = _check_m(min(n, 1000) if self.m is None else self.m, n)

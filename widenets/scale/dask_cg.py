@@ -100,8 +100,9 @@ class DaskCG:
       return self.client.persist(k)
     return k.persist()
 
-  def fit(self, kernel_fn, x_train, y2, kinds, diag_reg, absolute,
-          kwargs) -> dict:
+  def fit(self, kernel_fn: Callable, x_train: np.ndarray, y2: np.ndarray,
+          kinds: tuple, diag_reg: float, absolute: bool,
+          kwargs: dict) -> dict:
     """Kernels on the cluster, CG from the client: ``{kind: model}``."""
     import dask.array as da
     if self.preconditioner not in ("nystrom", "jacobi", None, "none"):
