@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test,plot,ode,sklearn,scale,docs
+EXTRAS := test,plot,ode,sklearn,scale,fit,docs
 
 .PHONY: demo test install clean
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m widenets.demo
+	$(BIN)/python -m widenets.apps.demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests

@@ -140,7 +140,8 @@ def run_one(python: str, module: str, name: str, lib: str, repeat: int,
          "--lib", lib, "--repeat", str(repeat)]
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
-  env["PYTHONPATH"] = HERE
+  # The checkout under test first: an editable install may point elsewhere.
+  env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE)])
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=os.path.dirname(HERE))

@@ -192,6 +192,9 @@ def test_non_convergence_warns_with_residual():
 
 
 def test_bad_shapes_and_kinds():
+  with pytest.raises(ValueError, match="y_train"):
+    nt.predict.gp_inference(KF, X, np.full_like(Y, np.nan), XT, "nngp",
+                            solver="block_cg")
   with pytest.raises(ValueError, match="has 96 examples"):
     nt.predict.gp_inference(KF, X, Y[:10], XT, "nngp", solver="block_cg")
   with pytest.raises(ValueError, match="'ntk' posterior covariance"):
@@ -221,6 +224,19 @@ def test_store_from_other_data_or_network_is_refused(tmp_path):
 
 
 # ---- resumability -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("precond", [None, "jacobi"])
+def test_pcg_converges_in_n_steps(precond):
+  # kappa ~ 1e4: unpreconditioned CG still ends in about n steps.
+  q, _ = np.linalg.qr(RNG.standard_normal((60, 60)))
+  a = (q * np.logspace(-4, 0, 60)) @ q.T
+  b = RNG.standard_normal((60, 3))
+  inv = 1. / np.diagonal(a)
+  x, info = pcg(lambda v: a @ v, None if precond is None else
+                (lambda r: inv[:, None] * r), b, 1e-8, 300)
+  assert info.converged and info.iterations <= 200, info.iterations
+  np.testing.assert_allclose(a @ x, b, atol=1e-6)
 
 
 def test_pcg_resumes_exactly():
@@ -263,9 +279,10 @@ _JOB = textwrap.dedent("""
       if it == kill_iter:
         os.kill(os.getpid(), signal.SIGKILL)
     solver = BlockCG(store=sys.argv[1], block_size=16, dtype="float64",
-                     preconditioner=None, tol=1e-12, checkpoint_every=5,
+                     preconditioner=None, tol=1e-10, maxiter=500,
+                     checkpoint_every=5,
                      block_callback=on_block, iteration_callback=on_iter)
-    mean = nt.predict.gp_inference(kf, x, y, xt, "nngp", 1e-3, solver=solver)
+    mean = nt.predict.gp_inference(kf, x, y, xt, "nngp", 1e-2, solver=solver)
     cg = solver.info["cg"]["nngp"]
     print(json.dumps(dict(computed=solver.info["blocks"].computed,
                           skipped=solver.info["blocks"].skipped,
@@ -292,8 +309,9 @@ def _reference_job(store):
   y = np.stack([np.sin(x[:, 0]), np.cos(x[:, 1])], 1).astype(np.float32)
   xt = rng.standard_normal((20, 5)).astype(np.float32)
   solver = BlockCG(store=str(store), block_size=16, dtype="float64",
-                   preconditioner=None, tol=1e-12, checkpoint_every=5)
-  mean = nt.predict.gp_inference(kf, x, y, xt, "nngp", 1e-3, solver=solver)
+                   preconditioner=None, tol=1e-10, maxiter=500,
+                   checkpoint_every=5)
+  mean = nt.predict.gp_inference(kf, x, y, xt, "nngp", 1e-2, solver=solver)
   return np.asarray(mean, np.float64), solver.info
 
 
@@ -309,6 +327,7 @@ def test_sigkill_mid_kernel_and_mid_cg_resumes(tmp_path):
   script.write_text(_JOB.format(root=str(ROOT)))
   ref_mean, ref_info = _reference_job(tmp_path / "ref")
   assert ref_info["blocks"].computed == 21  # 6 x 6 grid, i <= j
+  assert ref_info["cg"]["nngp"].converged
   assert ref_info["cg"]["nngp"].iterations > 12
   store = tmp_path / "store"
   r = _run_job(script, store, kill_block=8)  # killed in the kernel phase

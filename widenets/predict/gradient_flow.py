@@ -28,17 +28,19 @@ and on the train set :math:`K e^{-2K\tau}` (NNGP) and
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from . import large, solvers
-from ._common import (ArrayOrScalar, Axes, Layout, canonicalize_get,
+from . import large, solvers, validation
+from ._common import (ArrayOrScalar, Axes, Layout, canonical_predict_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
                       eval_context, first_kernel, from_2d, is_array,
+                      is_concrete,
                       kernel_dependencies, pack_get, to_2d)
-from .gp import Gaussian, _gp_inference
+from .gp import Gaussian, gp_inference
 
 __all__ = ["gradient_descent_mse", "gradient_descent_mse_ensemble"]
 
@@ -57,6 +59,29 @@ def _phi(evals: jax.Array, tau: jax.Array) -> jax.Array:
   return jnp.where(pos, -jnp.expm1(-lam * tau[:, None]) / lam, 0.)
 
 
+def _factor_or_singular(solver, k2d, diag_reg, absolute, cache: dict) -> bool:
+  """Caches the factor of ``K + r I`` in ``cache['f']``; True if singular.
+
+  With the default `Cholesky` solver and a concrete kernel, a kernel that is
+  singular to working precision is not regularized further: ``t=None`` then
+  takes the eigendecomposition path, so that it equals ``t=inf``
+  (directions with eigenvalues <= 0 keep their initial outputs). Other
+  solvers (and traced kernels) keep their own failure handling.
+  """
+  if "f" in cache:
+    return False
+  s = solvers.make_solver(solver)
+  if (isinstance(s, solvers.Cholesky) and s.on_failure == "regularize" and
+      not getattr(k2d, "matrix_free", False) and is_concrete(k2d)):
+    try:
+      with eval_context():
+        cache["f"] = dataclasses.replace(s, on_failure="raise").factor(
+            k2d, diag_reg, absolute)
+    except ValueError:
+      return True
+  return False
+
+
 def _times(t, learning_rate, normalization) -> tuple[tuple, jax.Array]:
   t = jnp.asarray(t) * learning_rate
   return t.shape, t.reshape(-1) / normalization
@@ -65,8 +90,8 @@ def _times(t, learning_rate, normalization) -> tuple[tuple, jax.Array]:
 class _Eigen:
   """Cached `solvers.Eigen` of a kernel, computed once for all ``t``."""
 
-  def __init__(self, diag_reg, absolute, solver):
-    self.diag_reg, self.absolute = diag_reg, absolute
+  def __init__(self, diag_reg, absolute, solver, where: str):
+    self.diag_reg, self.absolute, self.where = diag_reg, absolute, where
     self.dtype = getattr(solvers.make_solver(solver), "dtype", None)
     self._cache = {}
 
@@ -78,6 +103,9 @@ class _Eigen:
       with eval_context():
         self._cache[key] = solvers.Eigen.of(k2d, self.diag_reg, self.absolute,
                                             self.dtype)
+      name = "k_train_train" if key == 0 else f"{key} train-train kernel"
+      validation.warn_indefinite(self.where, self._cache[key].evals,
+                                 self._cache[key].dtype, name)
     return self._cache[key]
 
 
@@ -114,12 +142,16 @@ def gradient_descent_mse(
     the first call and cached; a ``t=None`` call after a finite-``t`` call
     reuses the eigendecomposition.
   """
+  where = "gradient_descent_mse"
+  validation.check_finite(where, y_train=y_train)
+  validation.check_learning_rate(where, learning_rate)
   y_train = jnp.asarray(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
   check_train(k_train_train, y_train, layout)
   k2d = to_2d(k_train_train)
-  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver)
+  validation.check_train_kernel(where, k2d)
+  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver, where)
   solve_inf = {}
 
   def factor():
@@ -137,6 +169,9 @@ def gradient_descent_mse(
   ):
     """Outputs on the train [and test] set at time[s] ``t``."""
     check_fx(fx_train_0, fx_test_0, k_test_train)
+    validation.check_time(where, t, learning_rate)
+    validation.check_finite(where, fx_train_0=fx_train_0, fx_test_0=fx_test_0,
+                            k_test_train=k_test_train)
     test_shape = None
     if k_test_train is not None:
       test_shape = check_test_train(k_test_train, layout)
@@ -148,6 +183,9 @@ def gradient_descent_mse(
     rhs = y_train if fx_train_0 is None else y_train - fx_train_0
     rhs = layout.flatten(rhs)
 
+    if t is None and not eigen.has(0) and _factor_or_singular(
+        solver, k2d, diag_reg, diag_reg_absolute_scale, solve_inf):
+      eigen(0, k2d)  # t=None is t=inf: the flow's limit, as below
     if t is None and not eigen.has(0):
       fx_train_t = y_train.astype(k2d.dtype)
       if fx_test_0 is None:
@@ -250,6 +288,9 @@ def gradient_descent_mse_ensemble(
     times ``t`` (any shape; ``None`` = inf), for ``get`` in
     ``'nngp'``/``'ntk'``/a tuple/``None`` (both; a ``Gaussians`` namedtuple).
   """
+  where = "gradient_descent_mse_ensemble"
+  validation.check_finite(where, y_train=y_train)
+  validation.check_learning_rate(where, learning_rate)
   if large.resolve(solver) is not None:
     return large.ensemble_large(kernel_fn, x_train, y_train, diag_reg,
                                 diag_reg_absolute_scale, trace_axes,
@@ -264,7 +305,7 @@ def gradient_descent_mse_ensemble(
   layout = Layout(y_train.shape, trace_axes)
   y2 = layout.flatten(y_train)
   k_dd_cache: dict = {}
-  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver)
+  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver, where)
   inf_cache: dict = {}
 
   def k_train_train(deps):
@@ -281,7 +322,8 @@ def gradient_descent_mse_ensemble(
                  get=None, compute_cov: bool = False,
                  **kernel_fn_test_test_kwargs):
     """Mean [and covariance] of the ensemble's outputs at time[s] ``t``."""
-    single, names = canonicalize_get(get, ("nngp", "ntk"))
+    validation.check_time(where, t, learning_rate)
+    names, single = canonical_predict_get(get, ("nngp", "ntk"))
     deps = kernel_dependencies(names, compute_cov)
     k_dd = k_train_train(deps)
     if x_test is None:
@@ -296,7 +338,7 @@ def gradient_descent_mse_ensemble(
     if t is None and not all(eigen.has(g) for g in names):
       # Infinite time by Cholesky solves (unless eigh is already cached).
       if deps not in inf_cache:
-        inf_cache[deps] = _gp_inference(
+        inf_cache[deps] = gp_inference(
             _Pair(**k_dd), y_train, diag_reg, diag_reg_absolute_scale,
             trace_axes, solver=solver)
       return inf_cache[deps](get, None if k_td is None else _Pair(**k_td),

@@ -26,7 +26,8 @@ from typing import Any, Callable, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import Layout, canonicalize_get, check_diag_reg, pack_get
+from ._common import Layout, canonical_predict_get, check_diag_reg, pack_get
+from . import validation
 from .block_cg import BlockCG
 from .nystrom import Nystrom
 
@@ -73,6 +74,7 @@ class _Inference:
                        f"{self.y_train.shape[0]} (shape "
                        f"{self.y_train.shape}).")
     check_diag_reg(diag_reg)
+    validation.check_finite(where, x_train=self.x_train, y_train=self.y_train)
     self.layout = Layout(self.y_train.shape, trace_axes)
     if self.layout.kernel_shape != (n,):
       raise ValueError(
@@ -94,7 +96,7 @@ class _Inference:
                                          missing, diag_reg, absolute, kwargs))
 
   def predict(self, get, x_test, compute_cov: bool):
-    single, names = canonicalize_get(get)
+    names, single = canonical_predict_get(get)
     self.fit(_kinds(names, compute_cov, self.where))
     out = {}
     for g in names:
@@ -153,7 +155,7 @@ def ensemble_large(kernel_fn: Callable, x_train, y_train, diag_reg,
       raise ValueError(f"gradient_descent_mse_ensemble: test-test kwargs "
                        f"{sorted(kernel_fn_test_test_kwargs)} are not "
                        f"supported with a large solver.")
-    canonicalize_get(get, ("nngp", "ntk"))
+    canonical_predict_get(get, ("nngp", "ntk"))
     return inf.predict(get, x_test, compute_cov)
 
   return predict_fn

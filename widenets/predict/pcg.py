@@ -120,8 +120,9 @@ def pcg(matvec: Callable[[np.ndarray], np.ndarray],
       ap = matvec(p)
       pap = np.sum(p * ap, axis=0)
       alpha = np.where(active & (pap > 0), rz / np.where(pap > 0, pap, 1.), 0.)
-      x += alpha * p
-      r -= alpha * ap
+      # Not in place: ``p`` or ``z`` may be ``r`` itself (no preconditioner).
+      x = x + alpha * p
+      r = r - alpha * ap
       z = precond(r)
       rz_new = np.sum(r * z, axis=0)
       beta = np.where(active & (rz > 0), rz_new / np.where(rz > 0, rz, 1.), 0.)

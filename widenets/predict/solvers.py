@@ -23,7 +23,6 @@ Everything is jit-friendly: inside `jax.jit` the escalation runs as a
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import dataclasses
 import warnings
@@ -33,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import is_concrete, to_2d
+from ._common import is_concrete, precision, to_2d
+from .cg import CG
 
 __all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
-           "regularizer", "precision", "make_solver"]
+           "regularizer", "precision", "make_solver", "regularized_cholesky"]
 
 
 def regularizer(a2d: jax.Array, diag_reg, absolute: bool) -> jax.Array:
@@ -46,30 +46,18 @@ def regularizer(a2d: jax.Array, diag_reg, absolute: bool) -> jax.Array:
   return diag_reg * jnp.trace(a2d) / a2d.shape[0]
 
 
-def _x64_available() -> bool:
-  return jax.dtypes.canonicalize_dtype(jnp.float64) == np.float64
-
-
-def precision(dtype) -> contextlib.AbstractContextManager:
-  """A context in which ``dtype`` (e.g. float64) is usable even without x64."""
-  if dtype is not None and np.dtype(dtype) == np.float64 and \
-      not _x64_available():
-    return jax.enable_x64(True)
-  return contextlib.nullcontext()
-
-
 def _compute_dtype(solver_dtype, kernel_dtype):
   return np.dtype(kernel_dtype if solver_dtype is None else solver_dtype)
 
 
-def _regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
+def regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
   # The lower triangle only, as LAPACK and jax.scipy.linalg.cho_factor (and
   # so neural-tangents) read it: symmetrizing first is one more (n, n) pass.
   return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype),
                              symmetrize_input=False)
 
 
-_cholesky = jax.jit(_regularized_cholesky)
+_cholesky = jax.jit(regularized_cholesky)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -78,14 +66,14 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
   n = a.shape[0]
   scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(a.dtype).tiny
   reg = regularizer(a, diag_reg, absolute).astype(a.dtype)
-  chol = _regularized_cholesky(a, reg)
+  chol = regularized_cholesky(a, reg)
   return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
 
 
 @jax.jit
 def _cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
-  # Compiled once per shape: eagerly, cho_solve's two triangular solves and
-  # their transposes were dispatched op by op.
+  # Compiled once per shape: run eagerly, cho_solve's two triangular solves
+  # and their transposes would be dispatched op by op.
   return jax.scipy.linalg.cho_solve((chol, True), b)
 
 
@@ -282,7 +270,6 @@ def make_solver(solver) -> Any:
                         solver.lower() == "cholesky"):
     return Cholesky()
   if isinstance(solver, str) and solver.lower() == "cg":
-    from .cg import CG
     return CG()
   if isinstance(solver, str):
     raise ValueError(f"Unknown solver {solver!r}: expected 'cholesky', 'cg', "

@@ -5,10 +5,12 @@ import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from ..kernel import Kernel
-from .layer import KernelFn, Requirements, collect_finite_flags, record_flag
+from . import runs
+from .kernel_fn import KernelFn
+from .overflow import FlagRecorder
+from .requirements import Requirements
 
 
 def _split(layers, name):
@@ -30,10 +32,18 @@ def _reqs_of(kernel_fn) -> Requirements:
                                                      "?")))
 
 
-def _apply(kernel_fn, k, **kwargs):
+def _apply(kernel_fn, k, flags: FlagRecorder, **kwargs):
+  """``kernel_fn`` on kernel ``k``; our layers record overflow in ``flags``
+  (the enclosing computation's)."""
   if isinstance(kernel_fn, KernelFn):
-    return kernel_fn.apply(k, **kwargs)
+    return kernel_fn.apply(k, flags, **kwargs)
   return kernel_fn(k, **kwargs)
+
+
+def _apply_block(fns, k, flags: FlagRecorder, **kwargs):
+  for f in fns:
+    k = _apply(f, k, flags, **kwargs)
+  return k
 
 
 def serial(*layers):
@@ -60,14 +70,21 @@ def serial(*layers):
       inputs = f(p, inputs, rng=r, **kwargs)
     return inputs
 
-  def rule(k, **kwargs):
-    for f in kernel_fns:
-      k = _apply(f, k, **kwargs)
+  # Identical consecutive blocks run as one loop (see `runs`), so compile
+  # time grows with the number of distinct blocks, not with depth.
+  kernel_runs = runs.find_runs(kernel_fns)
+
+  def rule(k, flags, **kwargs):
+    for start, period, repeats in kernel_runs:
+      block = functools.partial(_apply_block, kernel_fns[start:start + period],
+                                **kwargs)
+      k = runs.scan_block(block, k, repeats, flags)
     return k
 
   reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  return init_fn, apply_fn, KernelFn(rule, reqs, f"serial({names})")
+  return init_fn, apply_fn, KernelFn(rule, reqs, f"serial({names})",
+                                     records_flags=True)
 
 
 def parallel(*layers):
@@ -89,16 +106,17 @@ def parallel(*layers):
     return [f(p, x, rng=r, **kwargs)
             for f, p, x, r in zip(apply_fns, params, inputs, rngs)]
 
-  def rule(ks, **kwargs):
+  def rule(ks, flags, **kwargs):
     if isinstance(ks, Kernel) or len(ks) != len(kernel_fns):
       got = 1 if isinstance(ks, Kernel) else len(ks)
       raise ValueError(f"parallel: expected {len(kernel_fns)} kernels (one "
                        f"per branch; use FanOut first); got {got}.")
-    return [_apply(f, k, **kwargs) for f, k in zip(kernel_fns, ks)]
+    return [_apply(f, k, flags, **kwargs) for f, k in zip(kernel_fns, ks)]
 
   reqs = functools.reduce(lambda a, b: a.both(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  return init_fn, apply_fn, KernelFn(rule, reqs, f"parallel({names})")
+  return init_fn, apply_fn, KernelFn(rule, reqs, f"parallel({names})",
+                                     records_flags=True)
 
 
 def repeat(layer, n: int):
@@ -133,29 +151,13 @@ def repeat(layer, n: int):
 
     return jax.lax.scan(step, inputs, params, n)[0]
 
-  def rule(k, **kwargs):
+  def rule(k, flags, **kwargs):
     if n == 0:
       return k
-    k = _apply(kernel_fn, k, **kwargs)  # fixes the carried structure
-
-    names = []
-
-    def step(k, _):
-      # Overflow flags raised inside the loop body must leave it as scan
-      # outputs, not as tracers captured by the outer collector.
-      with collect_finite_flags() as recorded:
-        k = _apply(kernel_fn, k, **kwargs)
-      names[:] = [n for n, _ in recorded]
-      ok = jnp.asarray(True)
-      for _, flag in recorded:
-        ok = ok & flag
-      return k, ok
-
-    k, oks = jax.lax.scan(step, k, None, n - 1)
-    if names:
-      record_flag(names[0], jnp.all(oks))
-    return k
+    block = functools.partial(_apply, kernel_fn, **kwargs)
+    return runs.scan_block(block, k, n, flags)
 
   name = f"repeat({getattr(kernel_fn, '__name__', '?')}, {n})"
   reqs = _reqs_of(kernel_fn)
-  return init_fn_repeat, apply_fn_repeat, KernelFn(rule, reqs, name)
+  return init_fn_repeat, apply_fn_repeat, KernelFn(rule, reqs, name,
+                                                   records_flags=True)
