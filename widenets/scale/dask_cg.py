@@ -113,7 +113,8 @@ class DaskCG:
     dtype = np.dtype(self.dtype or np.result_type(y2.dtype, np.float32))
     tol = self.tol if self.tol is not None else (
         1e-8 if dtype == np.float64 else 1e-5)
-    info = {"kernel_seconds": 0., "solve_seconds": 0., "cg": {}}
+    info = {"kernel_seconds": 0., "precond_seconds": 0., "solve_seconds": 0.,
+            "cg": {}}
     self.info = info
     models = {}
     for g in kinds:
@@ -131,6 +132,7 @@ class DaskCG:
         return products(v) + mu * v
 
       precond = None
+      t0 = time.perf_counter()
       if self.preconditioner == "jacobi":
         inv = (1. / (diag + mu)).astype(dtype)
         precond = lambda r, inv=inv: inv[:, None] * r
@@ -138,6 +140,7 @@ class DaskCG:
         u, scale = nystrom_preconditioner(products, n, mu, self.rank,
                                           self.seed, dtype)
         precond = lambda r, u=u, s=scale: r + u @ (s[:, None] * (u.T @ r))
+      info["precond_seconds"] += time.perf_counter() - t0
       maxiter = self.maxiter or n
       alpha, cg_info = pcg(matvec, precond, y2.astype(dtype), tol, maxiter,
                            progress=self.progress,
