@@ -46,3 +46,14 @@ def test_tabular_uncertainty():
   rmse = float(out.split("test RMSE ")[1].split()[0])
   inside = float(out.split("interval: ")[1].split("%")[0])
   assert rmse < 0.9 and inside >= 75.0, out
+
+
+def test_large_regression():
+  out = run_example("large_regression.py")
+  zero = float(out.split("predicting 0 gives test MSE ")[1].split()[0])
+  mses = {l.split(":")[0]: float(l.split("test MSE ")[1].split(",")[0])
+          for l in out.splitlines() if "test MSE" in l and ":" in l}
+  assert len(mses) == 3, out
+  exact = [v for k, v in mses.items() if not k.startswith("nystrom")]
+  assert max(exact) < 0.5 * zero and max(exact) - min(exact) < 1e-3, out
+  assert min(v for k, v in mses.items() if k.startswith("nystrom")) < zero

@@ -4,11 +4,14 @@ Names as neural-tangents 0.6.5's ``nt.predict``: `gradient_descent_mse`,
 `gradient_descent`, `gradient_descent_mse_ensemble`, `gp_inference`,
 `max_learning_rate`, `ODEState`, `Gaussian`. Additive: solver objects
 (`Cholesky`, `CG`), `KernelBlocks` for matrix-free kernels, `cg_solve`,
-`check_psd`, `odeint`. See docs/predict.md.
+`check_psd`, `odeint`; large-n solvers
+`BlockCG`, `Nystrom` (see `widenets.predict.large`). See docs/predict.md.
 """
+from .block_cg import BlockCG
 from .cg import CG, CGInfo, KernelBlocks, cg_solve
 from .gp import Gaussian, gp_inference
 from .gradient_flow import gradient_descent_mse, gradient_descent_mse_ensemble
+from .nystrom import Nystrom
 from .ode import ODEState, gradient_descent, max_learning_rate
 from .odeint import odeint
 from .solvers import Cholesky, PSDReport, check_psd
@@ -17,7 +20,7 @@ __all__ = ["gradient_descent_mse", "gradient_descent",
            "gradient_descent_mse_ensemble", "gp_inference",
            "max_learning_rate", "ODEState", "Gaussian", "Cholesky", "CG",
            "CGInfo", "KernelBlocks", "cg_solve", "check_psd", "PSDReport",
-           "odeint"]
+           "odeint", "BlockCG", "Nystrom"]
 
 from .evidence import leave_one_out_log_likelihood, log_marginal_likelihood
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from . import solvers
+from . import large, solvers
 from . import validation
 from ._common import (Axes, Layout, canonical_predict_get, check_diag_reg,
                       check_test_train, check_train, eval_context,
@@ -227,6 +227,12 @@ def _gp_inference_kernel_fn(
     **kernel_fn_kwargs,
 ):
   """The neural-tangents 0.1/0.2 form: kernels computed from ``kernel_fn``."""
+  large_solver = large.resolve(solver)
+  if large_solver is not None:
+    return large.gp_inference_large(
+        kernel_fn, x_train, y_train, x_test, get, diag_reg, compute_cov,
+        solver=large_solver, diag_reg_absolute_scale=diag_reg_absolute_scale,
+        trace_axes=trace_axes, **kernel_fn_kwargs)
   x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
   if x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "
@@ -266,6 +272,11 @@ def gp_inference(*args, **kwargs):
   axes over which the kernel is ``K (x) I``. ``solver`` (additive):
   ``'cholesky'`` (default, `solvers.Cholesky`), ``'cg'`` or a
   `solvers.Cholesky` / `cg.CG` object. Factorizations are cached.
+
+  In the old form ``solver`` may also be a large solver (``'nystrom'``,
+  ``'block_cg'``, `Nystrom`, `BlockCG`, ``widenets.scale.DaskCG``): the
+  kernels are then never held whole, and ``compute_cov`` gives the
+  posterior variances (the diagonal); see `widenets.predict.large`.
 
   Old form (first argument a ``kernel_fn``)::
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from . import solvers, validation
+from . import large, solvers, validation
 from ._common import (ArrayOrScalar, Axes, Layout, canonical_predict_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
                       eval_context, first_kernel, from_2d, is_array,
@@ -280,7 +280,9 @@ def gradient_descent_mse_ensemble(
     x_train, y_train: training inputs and targets.
     learning_rate, diag_reg, diag_reg_absolute_scale, trace_axes: as in
       `gradient_descent_mse`.
-    solver: (additive) as in `gradient_descent_mse`.
+    solver: (additive) as in `gradient_descent_mse`; or a large solver
+      (``'nystrom'``, ``'block_cg'``, `Nystrom`, `BlockCG`, `DaskCG`) for
+      ``t = None`` (inf) only, see `widenets.predict.large`.
     **kernel_fn_train_train_kwargs: passed to ``kernel_fn`` for the
       train-train kernel and (unless overridden) the test kernels; pairs
       such as ``pattern=(p1, p2)`` are combined for test-train as in
@@ -296,6 +298,11 @@ def gradient_descent_mse_ensemble(
   where = "gradient_descent_mse_ensemble"
   validation.check_finite(where, y_train=y_train)
   validation.check_learning_rate(where, learning_rate)
+  if large.resolve(solver) is not None:
+    return large.ensemble_large(kernel_fn, x_train, y_train, diag_reg,
+                                diag_reg_absolute_scale, trace_axes,
+                                large.resolve(solver),
+                                kernel_fn_train_train_kwargs)
   x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
   if x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "

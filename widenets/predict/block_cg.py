@@ -1,0 +1,230 @@
+r"""Exact kernel regression at large ``n``: kernel blocks on disk, solved by CG.
+
+`BlockCG` is a solver for ``gp_inference(kernel_fn, x_train, y_train,
+x_test, get, solver=BlockCG(store=PATH))`` and
+``gradient_descent_mse_ensemble(..., solver=BlockCG(...))`` at ``t = inf``:
+
+1. the training kernel is computed block by block, the upper triangle only
+   (`TriangleStore`: ``n^2 / 2`` entries, in a zarr store at ``store`` or in
+   memory for ``store=None``), resumably;
+2. :math:`(K + \mu I)\alpha = y` is solved by preconditioned CG (`pcg`) with
+   one pass over the stored triangle per iteration, the CG state being
+   checkpointed in the store every ``checkpoint_every`` iterations;
+3. test predictions :math:`K_{*}\alpha` are streamed block by block (the
+   ``(t, n)`` test kernel is never held); posterior variances
+   :math:`k_{**} - \mathrm{diag}(K_* (K + \mu I)^{-1} K_*^T)` by CG with the
+   test columns as right-hand sides, ``variance_batch`` test points at a
+   time.
+
+Memory is ``O(n (c + rank) + b n)`` for ``b``-row panels; disk
+``4 n^2 / 2`` bytes in float32. A rerun of a killed job with the same
+arguments computes only the missing blocks and resumes CG from its last
+checkpoint. ``info`` holds the report of the last run (blocks computed and
+skipped, CG iterations, wall time per phase).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .block_kernel import BlockKernel
+from .pcg import pcg
+from .triangle_store import TriangleStore
+
+__all__ = ["BlockCG", "CGModel", "nystrom_preconditioner", "regularizer"]
+
+
+def regularizer(diag: np.ndarray, diag_reg: float, absolute: bool) -> float:
+  """``diag_reg`` times the mean diagonal (or ``diag_reg`` if absolute)."""
+  return float(diag_reg) if absolute else float(diag_reg) * float(
+      np.mean(diag))
+
+
+def nystrom_preconditioner(matvec: Callable, n: int, mu: float, rank: int,
+                           seed: int, dtype) -> tuple:
+  r"""Randomized Nystrom preconditioner of ``K + mu I`` from one pass.
+
+  ``Y = K Omega`` for an orthonormal Gaussian ``Omega (n, r)``, then
+  ``K ~ U diag(lam) U^T`` (Frangella, Tropp & Udell 2023, Alg. 2.1) and
+  :math:`P^{-1} = I + U ((\lambda_r + \mu) / (\Lambda + \mu) - 1) U^T`.
+  Returns ``(U, scale)``.
+  """
+  rank = min(rank, n)
+  rng = np.random.default_rng(seed)
+  omega, _ = np.linalg.qr(rng.standard_normal((n, rank)).astype(dtype))
+  y = matvec(omega).astype(dtype)
+  nu = np.sqrt(n) * np.finfo(dtype).eps * np.linalg.norm(y)
+  y = y + nu * omega
+  c = np.linalg.cholesky(omega.T @ y)
+  import scipy.linalg
+  bt = scipy.linalg.solve_triangular(c, y.T, lower=True)
+  u, s, _ = np.linalg.svd(bt.T, full_matrices=False)
+  lam = np.maximum(s ** 2 - nu, 0.)
+  return u.astype(dtype), ((lam[-1] + mu) / (lam + mu) - 1.).astype(dtype)
+
+
+def _apply_nystrom(params):
+  u, scale = params
+  return lambda r: r + u @ (scale[:, None] * (u.T @ r))
+
+
+class CGModel:
+  """A solved exact system: streamed test means and CG variances."""
+
+  def __init__(self, kernel: BlockKernel, x_train: np.ndarray, kind: str,
+               alpha: np.ndarray, matvec: Callable, precond: Callable,
+               tol: float, maxiter: int, variance_batch: int,
+               on_failure: str = "warn"):
+    self.kernel, self.x_train, self.kind = kernel, x_train, kind
+    self.alpha, self.matvec, self.precond = alpha, matvec, precond
+    self.tol, self.maxiter = tol, maxiter
+    self.variance_batch, self.on_failure = variance_batch, on_failure
+    self.variance_info: list = []
+
+  def mean(self, x_test: np.ndarray) -> np.ndarray:
+    """``K(x_test, x_train) @ alpha`` block by block: ``(t, c)``."""
+    b, n = self.kernel.block_size, self.x_train.shape[0]
+    out = np.zeros((x_test.shape[0], self.alpha.shape[1]), self.alpha.dtype)
+    for i in range(0, x_test.shape[0], b):
+      for j in range(0, n, b):
+        blk = self.kernel(x_test[i:i + b], self.x_train[j:j + b],
+                          pad2=True)[self.kind]
+        out[i:i + b] += blk @ self.alpha[j:j + b]
+    return out
+
+  def variance(self, x_test: np.ndarray) -> np.ndarray:
+    r"""Diagonal of the posterior covariance :math:`k_{**} - K_* (K +
+    \mu I)^{-1} K_*^T` (prior kernel = the solved one): ``(t,)``."""
+    kvar = BlockKernel(self.kernel.kernel_fn, (self.kind,),
+                       min(self.variance_batch, self.kernel.block_size),
+                       self.kernel.dtype, self.kernel.kwargs)
+    prior = kvar.diagonal(x_test, block=kvar.block_size)[self.kind]
+    out = np.empty(x_test.shape[0], np.float64)
+    vb = kvar.block_size
+    for i in range(0, x_test.shape[0], vb):
+      k_tn = kvar.cross(x_test[i:i + vb], self.x_train)[self.kind]
+      rhs = np.ascontiguousarray(k_tn.T, self.alpha.dtype)
+      z, info = pcg(self.matvec, self.precond, rhs, self.tol, self.maxiter,
+                    name=f"posterior variance ({self.kind})",
+                    on_failure=self.on_failure)
+      self.variance_info.append(info)
+      out[i:i + vb] = prior[i:i + vb] - np.sum(rhs * z, axis=0)
+    return out.astype(self.alpha.dtype)
+
+
+@dataclasses.dataclass(eq=False)
+class BlockCG:
+  """Exact kernel regression by CG over stored kernel blocks (module doc).
+
+  Attributes:
+    store: a directory for the zarr kernel store (resumable), or None to
+      keep the blocks in memory.
+    block_size: block side (examples).
+    tol: relative residual (default 1e-5 in float32, 1e-8 in float64).
+    maxiter: CG iteration cap (default ``n``).
+    preconditioner: ``'nystrom'`` (randomized, ``rank``), ``'jacobi'`` or
+      None.
+    rank: Nystrom preconditioner rank.
+    seed: its sketch seed.
+    checkpoint_every: save the CG state in the store every this many
+      iterations (0: never).
+    dtype: compute dtype of the solve (e.g. ``'float64'``; the kernel is
+      stored in the kernel's dtype).
+    progress: True for tqdm bars over kernel blocks and CG iterations.
+    variance_batch: test points per variance solve.
+    on_failure: ``'warn'`` or ``'raise'`` when CG does not converge.
+    block_callback: ``f(i, j)`` after each computed kernel block.
+    iteration_callback: ``f(iteration, residual)`` after each CG iteration.
+    info: report of the last run (set by the solver).
+  """
+
+  store: Optional[str] = None
+  block_size: int = 2048
+  tol: Optional[float] = None
+  maxiter: Optional[int] = None
+  preconditioner: Optional[str] = "nystrom"
+  rank: int = 256
+  seed: int = 0
+  checkpoint_every: int = 10
+  dtype: Any = None
+  progress: Any = False
+  variance_batch: int = 256
+  on_failure: str = "warn"
+  block_callback: Optional[Callable] = None
+  iteration_callback: Optional[Callable] = None
+  info: Optional[dict] = None
+
+  large_solver = True
+
+  def fit(self, kernel_fn: Callable, x_train: np.ndarray, y2: np.ndarray,
+          kinds: tuple, diag_reg: float, absolute: bool,
+          kwargs: dict) -> dict:
+    """Computes and solves; returns ``{kind: CGModel}``."""
+    if self.preconditioner not in ("nystrom", "jacobi", None, "none"):
+      raise ValueError(f"BlockCG: unknown preconditioner "
+                       f"{self.preconditioner!r}; expected 'nystrom', "
+                       f"'jacobi' or None.")
+    t0 = time.perf_counter()
+    kernel = BlockKernel(kernel_fn, kinds, self.block_size, None, kwargs)
+    store = TriangleStore(kernel, x_train, self.store)
+    fill = store.fill(self.progress, self.block_callback)
+    info = {"blocks": fill, "kernel_seconds": time.perf_counter() - t0,
+            "cg": {}, "precond_seconds": 0., "solve_seconds": 0.}
+    self.info = info
+    dtype = np.dtype(self.dtype or np.result_type(y2.dtype, np.float32))
+    tol = self.tol if self.tol is not None else (
+        1e-8 if dtype == np.float64 else 1e-5)
+    models = {}
+    for g in kinds:
+      models[g] = self._solve(store, kernel, g, x_train, y2.astype(dtype),
+                              diag_reg, absolute, dtype, tol, info)
+    return models
+
+  def _solve(self, store, kernel, g, x_train, y, diag_reg, absolute, dtype,
+             tol, info) -> CGModel:
+    n = store.n
+    mu = regularizer(store.diagonal(g), diag_reg, absolute)
+
+    def matvec(v):
+      return store.matvec(g, v).astype(dtype, copy=False) + mu * v
+
+    t0 = time.perf_counter()
+    precond = self._precond(store, g, mu, dtype)
+    info["precond_seconds"] += time.perf_counter() - t0
+    key = hashlib.sha256(np.ascontiguousarray(y).tobytes() + repr(
+        (g, mu, self.preconditioner, self.rank, self.seed, dtype.str,
+         y.shape)).encode()).hexdigest()
+    state = store.load_state(f"cg_{g}", key)
+    maxiter = self.maxiter or n
+    x, cg_info = pcg(
+        matvec, precond, y, tol, maxiter, state=state,
+        checkpoint=lambda s: store.save_state(f"cg_{g}", key, s),
+        checkpoint_every=self.checkpoint_every if store.path else 0,
+        progress=self.progress, callback=self.iteration_callback,
+        name=f"BlockCG ({g}, n={n})", on_failure=self.on_failure)
+    info["cg"][g] = cg_info
+    info["solve_seconds"] += cg_info.seconds
+    return CGModel(kernel, x_train, g, x, matvec, precond, tol, maxiter,
+                   self.variance_batch, self.on_failure)
+
+  def _precond(self, store, g, mu, dtype):
+    if self.preconditioner in (None, "none"):
+      return None
+    if self.preconditioner == "jacobi":
+      inv = (1. / (store.diagonal(g) + mu)).astype(dtype)
+      return lambda r: inv[:, None] * r
+    key = repr((g, mu, self.rank, self.seed, dtype.str))
+    saved = store.load_state(f"precond_{g}", key)
+    if saved is None:
+      params = nystrom_preconditioner(
+          lambda v: store.matvec(g, v), store.n, mu, self.rank, self.seed,
+          dtype)
+      store.save_state(f"precond_{g}", key, {"u": params[0],
+                                             "scale": params[1]})
+    else:
+      params = (saved["u"], saved["scale"])
+    return _apply_nystrom(params)
