@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ..kernel import Kernel
+from . import sharing
 from .layer import KernelFn, Requirements, collect_finite_flags, record_flag
 
 
@@ -67,7 +68,9 @@ def serial(*layers):
 
   reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  return init_fn, apply_fn, KernelFn(rule, reqs, f"serial({names})")
+  kernel_fn = KernelFn(rule, reqs, f"serial({names})")
+  sharing.record(kernel_fn, serial, layers)
+  return init_fn, apply_fn, kernel_fn
 
 
 def parallel(*layers):
