@@ -120,11 +120,13 @@ def trainability(nt, x_train, y_train, x_test, y_test):
 
 
 def data(n_train=64, n_test=64, dim=16, seed=0):
+  """float64, as the notebooks run with ``jax_enable_x64`` (ill-conditioned
+  NTKs of deep ordered networks need it)."""
   rs = np.random.RandomState(seed)
-  x = rs.randn(n_train + n_test, dim).astype(np.float32)
+  x = rs.randn(n_train + n_test, dim)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
-  w = rs.randn(dim, 1).astype(np.float32)
-  y = np.sin(3 * x @ w).astype(np.float32)
+  w = rs.randn(dim, 1)
+  y = np.sin(3 * x @ w)
   return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
