@@ -152,7 +152,10 @@ def run_one(python: str, module: str, name: str, lib: str, repeat: int,
          "--lib", lib, "--repeat", str(repeat)]
   env = dict(os.environ)
   env.setdefault("JAX_PLATFORMS", "cpu")
-  env["PYTHONPATH"] = HERE
+  # The repository root too: a worker's sys.path starts at benchmarks/, and
+  # without the root it would import whichever widenets is installed (an
+  # editable install of another checkout), not this one.
+  env["PYTHONPATH"] = os.pathsep.join([HERE, os.path.dirname(HERE)])
   env["BENCH_CALL"] = call
   load = os.getloadavg()[0]
   start = time.time()
