@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m widenets.demo
+	$(BIN)/python -m widenets.apps.demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests

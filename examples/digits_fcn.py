@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from widenets import predict, stax
-from widenets.evaluate import load_digits, one_hot
+from widenets.apps.evaluate import load_digits, one_hot
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from widenets import predict, stax
-from widenets.evaluate import load_digits, one_hot
+from widenets.apps.evaluate import load_digits, one_hot
 
 
 def myrtle5(width=128, W_std=2 ** 0.5, b_std=0.0):

@@ -1,16 +1,21 @@
 """The `widenets` command end to end, in subprocesses."""
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", WIDENETS_TRACEBACK="")
+# The subprocess imports this checkout's widenets, not an installed one.
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", WIDENETS_TRACEBACK="",
+           PYTHONPATH=os.pathsep.join(
+               [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 
 def widenets(*args, cwd=None, timeout=300):
-  return subprocess.run([sys.executable, "-m", "widenets.cli", *args],
+  return subprocess.run([sys.executable, "-m", "widenets.apps.cli", *args],
                         capture_output=True, text=True, cwd=cwd, env=ENV,
                         timeout=timeout)
 
@@ -30,7 +35,7 @@ def test_help_for_the_command_and_every_subcommand(capsys):
   assert r.returncode == 0
   for sub in ("demo", "kernel", "evaluate"):
     assert sub in r.stdout
-  from widenets import cli
+  from widenets.apps import cli
   for sub, word in (("demo", "--nets"), ("kernel", "--out"),
                     ("evaluate", "--train")):
     with pytest.raises(SystemExit) as e:
@@ -105,7 +110,7 @@ def test_bad_input_gives_one_clear_line(tmp_path):
 
 
 def test_demo_subcommand_rejects_bad_options_in_one_line(capsys):
-  from widenets import cli
+  from widenets.apps import cli
   assert cli.main(["demo", "--times", "ten", "--out", ""]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "--times" in err[0] and "Traceback" not in err[0]

@@ -4,7 +4,7 @@ import math
 import pytest
 
 pytest.importorskip("matplotlib")
-from widenets import demo  # noqa: E402
+from widenets.apps import demo  # noqa: E402
 
 
 def test_demo_small_agrees_and_writes_the_figure(tmp_path, capsys):

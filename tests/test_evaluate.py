@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
-from widenets import evaluate as ev  # noqa: E402
+from widenets.apps import evaluate as ev  # noqa: E402
 
 
 def test_small_digits_run_is_far_above_chance():

@@ -6,8 +6,11 @@ import sys
 
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+# The examples import this checkout's widenets, not an installed one.
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+    [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 
 def run_example(name):

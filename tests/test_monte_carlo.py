@@ -120,3 +120,33 @@ def test_mc_all_implementations_agree(data):
                                        x1, x2, "ntk") for i in (1, 2, 3, 0)]
   for e in ests[1:]:
     np.testing.assert_allclose(e, ests[0], rtol=1e-4, atol=1e-5)
+
+
+def _tiny_net():
+  return stax.serial(stax.Dense(16), stax.Relu(), stax.Dense(2))
+
+
+@pytest.mark.parametrize("kwargs", [dict(device_count=0),
+                                    dict(device_count=1)])
+def test_single_device_counts_work_silently(data, kwargs, recwarn):
+  x1, _ = data
+  init_fn, apply_fn, _ = _tiny_net()
+  key = jax.random.PRNGKey(3)
+  ref = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 4)(x1, None, "nngp")
+  got = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 4, **kwargs)(
+      x1, None, "nngp")
+  np.testing.assert_array_equal(got, ref)
+  assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(device_count=2), "device_count"),
+    (dict(store_on_device=False), "store_on_device")])
+def test_unused_compat_arguments_warn(data, kwargs, name):
+  x1, _ = data
+  init_fn, apply_fn, _ = _tiny_net()
+  key = jax.random.PRNGKey(3)
+  ref = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 4)(x1, None, "nngp")
+  with pytest.warns(UserWarning, match=name):
+    mc = nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 4, **kwargs)
+  np.testing.assert_array_equal(mc(x1, None, "nngp"), ref)

@@ -4,13 +4,11 @@ A drop-in successor of neural-tangents: ``import widenets as nt``.
 """
 __version__ = "0.1.0"
 
-from ._memory import configure_allocator as _configure_allocator
-
-_configure_allocator()  # see widenets/_memory.py
-
+from . import memory
 from . import stax
 from . import predict
 from .kernel import Kernel
+from .stax import KernelOverflowError
 from .empirical import (NtkImplementation, empirical_kernel_fn,
                         empirical_nngp_fn, empirical_ntk_fn,
                         empirical_ntk_vp_fn, linearize, taylor_expand)

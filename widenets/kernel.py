@@ -15,6 +15,10 @@ symmetric ``x2=None`` computation may be *packed*: the samples are cut into
 ``B`` blocks of ``b`` and ``nngp`` holds only the upper-triangle block pairs,
 shape ``(B (B + 1) / 2, b, b) + S`` (see `widenets.stax.covariance`).
 ``packed`` records that; layers see it only through ``batch_ndim`` (3).
+Likewise a whole network may run on row blocks of ``x1`` (see
+`widenets.stax.chunking`): ``row_offset`` is then the traced index in ``x1``
+of the block's first row, so that the batch diagonal ``i == j`` sits at
+``j == i + row_offset`` (see `widenets.stax.covariance.batch_diagonal_mask`).
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "GET_FIELDS"]
+__all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "check_get",
+           "canonical_get", "namedtuple_type", "GET_FIELDS", "same_inputs"]
 
 
 def field(pytree_node: bool = True, **kwargs):
@@ -82,6 +88,8 @@ class Kernel:
     batch_axis, channel_axis: axes of those outputs.
     mask1, mask2: boolean masks (True = masked) broadcastable to shape1/2.
     packed: internal; batch pairs packed as upper-triangle blocks (see module).
+    row_offset: internal; ``x1``'s row of ``nngp[0]`` in a row block (see
+      module), else ``None``.
   """
 
   nngp: Any
@@ -101,6 +109,7 @@ class Kernel:
   mask1: Any = None
   mask2: Any = None
   packed: bool = field(False, default=False)
+  row_offset: Any = None
 
   replace = ...  # type: Callable[..., Kernel]
   asdict = ...  # type: Callable[[], dict]
@@ -189,23 +198,60 @@ class Kernel:
 # The array-valued (pytree child) fields of a Kernel.
 ARRAY_FIELDS = ("nngp", "ntk", "cov1", "cov2", "x1_is_x2", "mask1", "mask2")
 
-# The names `get` may ask for: every Kernel field.
+# Layout fields of a computation in progress, never in a user's Kernel.
+INTERNAL_FIELDS = ("packed", "row_offset")
+
+# The names `get` may ask for: every public Kernel field.
 GET_FIELDS = tuple(f.name for f in dataclasses.fields(Kernel)
-                   if f.name != "packed")
-
-
-def _check_get(get) -> None:
-  names = (get,) if isinstance(get, str) else tuple(get)
-  for name in names:
-    if name not in GET_FIELDS:
-      raise ValueError(
-          f"Unknown `get` {name!r}: expected one of {', '.join(GET_FIELDS)} "
-          f"(or a tuple of them, or None for the whole Kernel).")
+                   if f.name not in INTERNAL_FIELDS)
 
 
 @functools.lru_cache(maxsize=None)
-def _namedtuple(name: str, fields: tuple):
+def namedtuple_type(name: str, fields: tuple) -> type:
+  """The namedtuple class ``name`` with ``fields``: one class per pair, so
+  results asked for the same way have the same type (and treedef)."""
   return collections.namedtuple(name, fields)
+
+
+# batching/blocks.py's name for `namedtuple_type`.
+_namedtuple = namedtuple_type
+
+
+def canonical_get(get, allowed: Sequence[str] = GET_FIELDS, *,
+                  default: Optional[tuple] = None,
+                  none_means: str = "the whole Kernel",
+                  ignore_case: bool = False, nonempty: bool = False
+                  ) -> tuple[Optional[tuple], bool]:
+  """``(names, single)`` of a ``get`` argument.
+
+  ``get`` is a name (``single``: the caller returns that value alone), a
+  tuple/list of names (a namedtuple with those fields, in that order) or
+  ``None`` (``default``; ``none_means`` says what that is in errors).
+  Names must be in ``allowed`` and unique; ``ignore_case`` lowercases them
+  first, ``nonempty`` rejects ``()``.
+  """
+  if get is None:
+    return default, False
+  if isinstance(get, str):
+    names, single = (get,), True
+  elif isinstance(get, (tuple, list)):
+    names, single = tuple(get), False
+  else:
+    raise TypeError(f"`get` must be a string, a tuple of strings or None; got "
+                    f"{type(get).__name__}.")
+  if nonempty and not names:
+    raise ValueError("`get` must be non-empty.")
+  if ignore_case:
+    names = tuple(str(g).lower() for g in names)
+  for name in names:
+    if name not in allowed:
+      raise ValueError(
+          f"Unknown `get` {name!r}: expected one of "
+          f"{', '.join(map(repr, allowed))} (or a tuple of them, or None for "
+          f"{none_means}).")
+  if len(set(names)) < len(names):
+    raise ValueError(f"All entries of `get` must be unique; got {names}.")
+  return names, single
 
 
 def get_from(obj, get, name: str = "AnalyticKernel"):
@@ -215,23 +261,43 @@ def get_from(obj, get, name: str = "AnalyticKernel"):
   namedtuple ``name`` with those fields, in that order) or ``None`` (returns
   ``obj`` itself).
   """
-  if get is None:
+  names, single = canonical_get(get)
+  if names is None:
     return obj
-  _check_get(get)
   pick = ((lambda n: obj[n]) if isinstance(obj, dict)
           else (lambda n: getattr(obj, n)))
-  if isinstance(get, str):
-    return pick(get)
-  get = tuple(get)
-  return _namedtuple(name, get)(*[pick(n) for n in get])
+  if single:
+    return pick(names[0])
+  return namedtuple_type(name, names)(*[pick(n) for n in names])
 
 
 def check_get(get) -> Optional[tuple]:
   """Validates ``get`` and returns it as a tuple of names (None stays None)."""
-  if get is None:
-    return None
-  if not isinstance(get, (str, tuple, list)):
-    raise TypeError(f"`get` must be a string, a tuple of strings or None; got "
-                    f"{type(get).__name__}.")
-  _check_get(get)
-  return (get,) if isinstance(get, str) else tuple(get)
+  return canonical_get(get)[0]
+
+
+# Inputs closer than this are the same inputs (as neural-tangents' x1_is_x2).
+SAME_INPUTS_TOL = 1e-12
+
+
+def same_inputs(x1, x2):
+  """Whether ``x2`` is the same inputs as ``x1`` (`Kernel.x1_is_x2`).
+
+  ``x2=None`` means ``x1``. Otherwise the trees, and the shapes of their
+  leaves, must match, inexact leaves within `SAME_INPUTS_TOL` of each other
+  and other leaves (integers, PRNG keys) exactly. Returns a boolean scalar:
+  NumPy when every leaf is a NumPy array (computed on the host, so large
+  host inputs are not copied to a device), else a JAX array (traced inside
+  `jit`).
+  """
+  if x2 is None:
+    return np.bool_(True)
+  l1, t1 = jax.tree_util.tree_flatten(x1)
+  l2, t2 = jax.tree_util.tree_flatten(x2)
+  if t1 != t2 or any(np.shape(a) != np.shape(b) for a, b in zip(l1, l2)):
+    return np.bool_(False)
+  xp = np if all(isinstance(a, np.ndarray) for a in l1 + l2) else jnp
+  same = [xp.all(xp.abs(a - b) < SAME_INPUTS_TOL)
+          if xp.issubdtype(xp.result_type(a, b), xp.inexact)
+          else xp.all(a == b) for a, b in zip(l1, l2)]
+  return xp.all(xp.asarray(same)) if same else np.bool_(True)

@@ -18,7 +18,7 @@ estimates agree with neural-tangents' to float32 round-off.
 """
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Callable, Iterable, Optional, Union
 
 import jax
@@ -26,12 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_map
 
-from .empirical import _common as C
+from .empirical import _common
 from .empirical._common import (DEFAULT_NTK_IMPLEMENTATION, NtkImplementation,
-                                _DEFAULT_NTK_FWD, _DEFAULT_NTK_J_RULES,
-                                _DEFAULT_NTK_S_RULES)
-from .empirical.kernel import (assemble, canonical_get, empirical_nngp_fn,
+                                DEFAULT_NTK_FWD, DEFAULT_NTK_J_RULES,
+                                DEFAULT_NTK_S_RULES)
+from .empirical.kernel import (KINDS, assemble, empirical_nngp_fn,
                                empirical_ntk_fn)
+from .kernel import canonical_get
 
 __all__ = ["monte_carlo_kernel_fn"]
 
@@ -83,9 +84,9 @@ def monte_carlo_kernel_fn(
     diagonal_axes=(),
     vmap_axes=None,
     implementation: Union[int, NtkImplementation] = DEFAULT_NTK_IMPLEMENTATION,
-    _j_rules: bool = _DEFAULT_NTK_J_RULES,
-    _s_rules: bool = _DEFAULT_NTK_S_RULES,
-    _fwd: Optional[bool] = _DEFAULT_NTK_FWD,
+    _j_rules: bool = DEFAULT_NTK_J_RULES,
+    _s_rules: bool = DEFAULT_NTK_S_RULES,
+    _fwd: Optional[bool] = DEFAULT_NTK_FWD,
 ) -> Callable:
   """Monte Carlo sampler of the NNGP and NTK of a finite network.
 
@@ -99,8 +100,11 @@ def monte_carlo_kernel_fn(
       order).
     batch_size: compute the kernel in blocks of ``x1``/``x2`` of this size
       (``0``: all at once); must divide ``x1.shape[0]`` and ``x2.shape[0]``.
-    device_count, store_on_device: accepted for compatibility; the estimate
-      runs on the default device and stays there.
+    device_count: accepted for compatibility: the estimate runs on the
+      default device, which is what ``-1``, ``0`` and ``1`` mean on a
+      single-device host; a larger count warns (UserWarning).
+    store_on_device: accepted for compatibility: the estimate stays on the
+      device; ``False`` warns (UserWarning).
     trace_axes, diagonal_axes, vmap_axes, implementation, _j_rules, _s_rules,
       _fwd: as `empirical_kernel_fn`.
 
@@ -111,7 +115,15 @@ def monte_carlo_kernel_fn(
     a generator of estimates when ``n_samples`` is an iterable.
   """
   counts, generator = _canonical_n_samples(n_samples)
-  C.canonical_implementation(implementation)
+  _common.canonical_implementation(implementation)
+  if device_count not in (-1, 0, 1):
+    warnings.warn(f"monte_carlo_kernel_fn: `device_count={device_count}` is "
+                  f"not used; the samples run on the default device.",
+                  UserWarning, stacklevel=2)
+  if not store_on_device:
+    warnings.warn("monte_carlo_kernel_fn: `store_on_device=False` is not "
+                  "used; the estimate stays on the device.", UserWarning,
+                  stacklevel=2)
   fns = {
       "nngp": empirical_nngp_fn(apply_fn, trace_axes, diagonal_axes),
       "ntk": empirical_ntk_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes,
@@ -174,9 +186,10 @@ def monte_carlo_kernel_fn(
       return
     _check_blocks(x1, x2, batch_size, trace_axes, diagonal_axes)
     xb1 = _split(x1, batch_size)
-    xb2 = xb1 if C.all_none(x2) else _split(x2, batch_size)
-    gens = [[estimates(a, None if (C.all_none(x2) and i == j) else b, names,
-                       kwargs) for j, b in enumerate(xb2)]
+    same = _common.all_none(x2)
+    xb2 = xb1 if same else _split(x2, batch_size)
+    gens = [[estimates(a, None if (same and i == j) else b, names, kwargs)
+             for j, b in enumerate(xb2)]
             for i, a in enumerate(xb1)]
     for n in counts:
       rows = []
@@ -186,7 +199,8 @@ def monte_carlo_kernel_fn(
       yield n, tree_map(lambda *r: jnp.concatenate(r, axis=0), *rows)
 
   def kernel_fn(x1, x2=None, get=None, **kwargs):
-    names, single = canonical_get(get)
+    names, single = canonical_get(get, KINDS, default=KINDS,
+                                  none_means=str(KINDS))
     kwargs = _split_static(kwargs)
     name = "EmpiricalKernel" if get is None else "MonteCarloKernel"
     gen = ((n, assemble(k, names, single, name))
@@ -227,7 +241,7 @@ def _split(x, size: int) -> list:
 
 def _check_blocks(x1, x2, batch_size, trace_axes, diagonal_axes) -> None:
   for x in (x1, x2):
-    if C.all_none(x):
+    if _common.all_none(x):
       continue
     n = jax.tree_util.tree_leaves(x)[0].shape[0]
     if n % batch_size:

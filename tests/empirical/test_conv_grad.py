@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import widenets as nt
@@ -83,8 +83,8 @@ def test_weight_grad_equals_vjp(n_sp, layout, strides, dilation, padding):
        kw_=st.integers(1, 3), sh=st.integers(1, 3), dh=st.integers(1, 2),
        pad=st.sampled_from(["SAME", "VALID", "SAME_LOWER"]))
 def test_weight_grad_any_geometry(h, w, kh, kw_, sh, dh, pad):
-  if (kh - 1) * dh + 1 > h or (kw_ - 1) * dh + 1 > w:
-    return  # VALID would leave no outputs
+  # The dilated window fits the input (VALID would leave no outputs).
+  assume((kh - 1) * dh + 1 <= h and (kw_ - 1) * dh + 1 <= w)
   lhs, rhs, kw = _case(2, LAYOUTS[2][0], [h, w], [kh, kw_], (sh, 1),
                        (dh, 1), pad, seed=h * 10 + w)
   _check(lhs, rhs, kw)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import widenets as nt
-from widenets.empirical.auto import last_choice
 
 from .models import MODELS, inputs, reference_ntk
 
@@ -55,7 +54,9 @@ def test_auto_picks_reports_and_agrees():
   fn = nt.empirical_ntk_fn(F, vmap_axes=0, implementation=0)
   got = fn(X1, X2, PARAMS)
   assert fn.choice in (1, 2, 3)
-  assert last_choice() == fn.choice
+  assert fn.method_for(X1, X2, PARAMS) == fn.choice
+  kernel_fn = nt.empirical_kernel_fn(F, vmap_axes=0, implementation=0)
+  assert kernel_fn.ntk_fn.method_for(X1, X2, PARAMS) == fn.choice
   (costs,) = fn.costs.values()
   assert set(costs) == {1, 2, 3} and min(costs, key=costs.get) == fn.choice
   np.testing.assert_allclose(got, reference_ntk(F, PARAMS, X1, X2, (-1,), ()),

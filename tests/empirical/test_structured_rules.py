@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from widenets.empirical import _common as C
-from widenets.empirical import structured as S
-from widenets.empirical import structured_rules as R
+from widenets.empirical import _common
+from widenets.empirical import structured
+from widenets.empirical import jaxpr_eval, structured_rules
 
 K = jax.random.split(jax.random.PRNGKey(0), 8)
 
@@ -27,7 +27,7 @@ def _ref_jacobian(df, eqn, invals, pos):
   def prim(w):
     vals = list(invals)
     vals[pos] = w
-    return R.bind(eqn, vals)[0]
+    return jaxpr_eval.bind(eqn, vals)[0]
   jac = jax.jacfwd(prim)(invals[pos])  # y.shape + w.shape
   y_nd = df.ndim - 1
   return jnp.tensordot(df, jac, y_nd)
@@ -69,21 +69,22 @@ def test_jacobian_rule_matches_jacfwd(case):
   if name == "div":  # keep denominators away from zero
     args[1] = args[1] + 3.
   eqn, invals = _single_eqn(fn, args, name)
-  y = R.bind(eqn, invals)[0]
+  y = jaxpr_eval.bind(eqn, invals)[0]
   df = jax.random.normal(K[7], (2,) + y.shape)
-  got = R.jacobian([df], eqn, invals, pos, 1)
+  got = structured_rules.jacobian([df], eqn, invals, pos, 1)
   np.testing.assert_allclose(got, _ref_jacobian(df, eqn, invals, pos),
                              rtol=1e-5, atol=1e-5)
-  if name in R.MJJMP_RULES:
+  if name in structured_rules.MJJMP_RULES:
     # The MJJMP rule equals contracting the two Jacobians.
     args2 = [a if i == pos else jax.random.normal(K[5], a.shape)
              for i, a in enumerate(invals)]
     df2 = jax.random.normal(K[6], (3,) + y.shape)
     j1 = _ref_jacobian(df, eqn, invals, pos)
     j2 = _ref_jacobian(df2, eqn, args2, pos)
-    ref = C.contract(j1, j2, 1, (), ())
-    mj = R.MJJMP_RULES[name](df, df2, invals, args2, pos, eqn.params, [0],
-                             [1], [0, 1], None, None)
+    ref = _common.contract(j1, j2, 1, (), ())
+    mj = structured_rules.MJJMP_RULES[name](df, df2, invals, args2, pos,
+                                            eqn.params, [0], [1], [0, 1],
+                                            None, None)
     np.testing.assert_allclose(mj, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -95,7 +96,7 @@ def test_analysis_passes_through_transpose_and_scale():
     return x @ (2. * w.T.reshape(4, 3)).T
 
   closed = jax.make_jaxpr(f)([w], jnp.ones((2, 3)))
-  plan = S.analyze(closed, 1)
+  plan = structured.analyze(closed, 1)
   assert list(plan.leaf_uses) == [0]
   (key, pos, scale), = plan.leaf_uses[0]
   assert plan.sites[key].eqn.primitive.name == "dot_general"
@@ -108,7 +109,7 @@ def test_analysis_shared_parameter_has_two_sites():
     return jnp.tanh(x @ w) @ w
 
   closed = jax.make_jaxpr(f)([jnp.ones((3, 3))], jnp.ones((2, 3)))
-  plan = S.analyze(closed, 1)
+  plan = structured.analyze(closed, 1)
   assert len(plan.leaf_uses[0]) == 2
 
 
@@ -119,7 +120,7 @@ def test_analysis_recurses_into_jit():
     return inner(x, pl[0])
 
   closed = jax.make_jaxpr(f)([jnp.ones((3, 3))], jnp.ones((2, 3)))
-  plan = S.analyze(closed, 1)
+  plan = structured.analyze(closed, 1)
   (key, _, _), = plan.leaf_uses[0]
   assert len(key) == 2  # inside the jit call
   assert plan.sites[key].eqn.primitive.name == "dot_general"

@@ -201,6 +201,24 @@ def test_exp_normalized_formula():
     apply_fn((), jnp.ones((2, 3)))
 
 
+def test_exp_normalized_do_clip_is_what_is_always_done(recwarn):
+  # The correlation is always clipped into [-1, 1], so do_clip=True works
+  # (the same kernel, no warning).
+  x = jnp.asarray(_inputs(), jnp.float32)
+  kernels = [stax.serial(stax.Dense(1, W_STD, B_STD),
+                         stax.ExpNormalized(1.5, -0.5, do_clip=c))[2]
+             for c in (False, True)]
+  k0, k1 = (kf(x, None, ("nngp", "ntk")) for kf in kernels)
+  np.testing.assert_array_equal(k1.nngp, k0.nngp)
+  np.testing.assert_array_equal(k1.ntk, k0.ntk)
+  # Correlation 1 on the diagonal: var * exp(gamma (1 + shift)).
+  xn = np.asarray(x, np.float64)
+  var = W_STD**2 * np.sum(xn * xn, 1) / xn.shape[1] + B_STD**2
+  np.testing.assert_allclose(np.diag(k1.nngp), var * np.exp(1.5 * 0.5),
+                             rtol=2e-6)
+  assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
 # --- escape hatches ----------------------------------------------------------
 
 def _relu_nngp(c, v1, v2):

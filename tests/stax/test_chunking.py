@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from widenets import stax
 from widenets.stax import chunking
-from widenets.stax.layer import KernelOverflowError
+from widenets.stax import KernelOverflowError
 
 ALL = ("nngp", "ntk", "cov1", "cov2")
 

@@ -1,4 +1,4 @@
-"""The packed x2=None layout (`covariance.block_layout`, `pack`, `unpack`):
+"""The packed x2=None layout (`packing.block_layout`, `pack`, `unpack`):
 block geometry, and kernels equal to x2 = x1 with and without padding."""
 import numpy as np
 import pytest
@@ -6,22 +6,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from widenets import stax
-from widenets.stax import covariance
+from widenets.stax import packing
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 20_000))
 def test_block_layout_covers_n_with_less_than_one_block_of_padding(n):
-  n_blocks, b = covariance.block_layout(n)
+  n_blocks, b = packing.block_layout(n)
   assert n_blocks * b >= n
   assert n_blocks * b - n < b
-  assert n_blocks >= min(n, covariance.MAX_BLOCKS // 2)
+  assert n_blocks >= min(n, packing.MAX_BLOCKS // 2)
 
 
 def test_block_layout_prefers_exact_split_with_aligned_blocks():
-  assert covariance.block_layout(2000) == (25, 80)  # 80 = 10 x 8, no padding
-  assert covariance.block_layout(4096) == (32, 128)
-  n_blocks, b = covariance.block_layout(997)  # prime: padded
+  assert packing.block_layout(2000) == (25, 80)  # 80 = 10 x 8, no padding
+  assert packing.block_layout(4096) == (32, 128)
+  n_blocks, b = packing.block_layout(997)  # prime: padded
   assert n_blocks * b > 997
 
 

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from . import blocks as B
-from ..stax.layer import freeze_static
+from .._tracing import freeze_static
 
 __all__ = ["BlockJob", "is_array_tree", "describe_fn", "fingerprint"]
 

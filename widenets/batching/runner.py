@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..kernel import Kernel
+from ..kernel import Kernel, same_inputs
 from . import assemble, blocks as B, devices as D, progress as P
 from .job import BlockJob, fingerprint
 from .store import FORMAT, BlockStore, check_path
@@ -132,7 +132,7 @@ class BatchedKernelFn:
     return f"<batched {getattr(self.kernel_fn, '__name__', self.kernel_fn)!r}>"
 
   def __call__(self, x1_or_kernel, x2=None, *args, **kwargs):
-    from ..stax.layer import is_kernel_tree
+    from ..stax.inputs import is_kernel_tree
     job = BlockJob(self.kernel_fn, args, kwargs)
     start = time.perf_counter()
     if is_kernel_tree(x1_or_kernel):
@@ -286,7 +286,7 @@ class BatchedKernelFn:
       bar.close()
 
     values = {}
-    flag = _x1_is_x2(x1, x2)
+    flag = same_inputs(x1, x2)
     for k, spec in enumerate(specs):
       if spec.kind == B.FLAG:
         values[k] = np.asarray(flag, spec.dtype)
@@ -402,14 +402,6 @@ def _validated(x1, x2):
 
 def _n(tree) -> int:
   return jax.tree_util.tree_leaves(tree)[0].shape[0]
-
-
-def _x1_is_x2(x1, x2) -> bool:
-  if x2 is None:
-    return True
-  l1, l2 = jax.tree_util.tree_leaves(x1), jax.tree_util.tree_leaves(x2)
-  return all(a.shape == b.shape and bool(np.all(np.abs(a - b) < 1e-12))
-             for a, b in zip(l1, l2))
 
 
 def _hints(job: BlockJob) -> tuple[Optional[bool], Optional[bool]]:

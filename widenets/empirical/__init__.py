@@ -2,9 +2,10 @@
 
 * `empirical_nngp_fn`, `empirical_ntk_fn`, `empirical_kernel_fn`
   (`kernel.py`): one draw of ``f(x1) f(x2)^T`` / ``J(x1) J(x2)^T``.
-* The NTK methods (`NtkImplementation`): Jacobian contraction
-  (`jacobian.py`), NTK-vector products (`ntk_vp.py`), structured derivatives
-  (`structured.py`, `structured_rules.py`) and AUTO (`auto.py`).
+* The NTK methods (`NtkImplementation`, registered in `methods.py`):
+  Jacobian contraction (`jacobian.py`), NTK-vector products (`ntk_vp.py`),
+  structured derivatives (`structured.py`, `structured_rules.py`, over the
+  jaxpr interpreter `jaxpr_eval.py`) and AUTO (`auto.py`).
 * `empirical_ntk_vp_fn` (`ntk_vp.py`); `linearize`, `taylor_expand`
   (`taylor.py`).
 """

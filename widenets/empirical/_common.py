@@ -11,19 +11,22 @@ Output layout (as neural-tangents). For an output leaf ``f(x)`` of shape
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_map
 
-__all__ = ["NtkImplementation", "DEFAULT_NTK_IMPLEMENTATION",
-           "canonical_implementation", "canonical_axes", "output_ids",
-           "contract", "split_kwargs", "VmapSpec", "canonical_vmap",
-           "per_sample_fn", "all_none", "trace_size"]
+from ..axes import Axes, canonical_axes
+from ..kernel import same_inputs
 
-Axes = Union[int, Sequence[int]]
+__all__ = ["NtkImplementation", "DEFAULT_NTK_IMPLEMENTATION",
+           "DEFAULT_NTK_J_RULES", "DEFAULT_NTK_S_RULES", "DEFAULT_NTK_FWD",
+           "canonical_implementation", "output_ids", "contract",
+           "split_kwargs", "check_params", "check_trace_diagonal", "VmapSpec",
+           "canonical_vmap", "vmap_in_axes", "per_sample_fn", "all_none",
+           "trace_size", "shape_dtype"]
 
 
 class NtkImplementation(enum.IntEnum):
@@ -33,8 +36,8 @@ class NtkImplementation(enum.IntEnum):
     AUTO: (``0``) compiles the other three for the given shapes and runs the
       one with the fewest estimated FLOPs (XLA cost analysis; a short timing
       where the estimate is unavailable). Works on CPU, GPU and TPU; ask
-      `widenets.empirical.auto.last_choice` (or ``ntk_fn.choice``) what it
-      picked.
+      ``ntk_fn.method_for(x1, x2, params)`` (or ``ntk_fn.choice``, its last
+      call) what it picks.
     JACOBIAN_CONTRACTION: (``1``, the default) both Jacobians by reverse mode,
       then contracted. Best for small outputs and expensive forward passes
       (CNNs); simplest and most reliable.
@@ -55,9 +58,9 @@ class NtkImplementation(enum.IntEnum):
 
 DEFAULT_NTK_IMPLEMENTATION = NtkImplementation.JACOBIAN_CONTRACTION
 # Flags of neural-tangents' structured derivatives, accepted for compatibility.
-_DEFAULT_NTK_J_RULES: bool = True
-_DEFAULT_NTK_S_RULES: bool = True
-_DEFAULT_NTK_FWD: Optional[bool] = None
+DEFAULT_NTK_J_RULES: bool = True
+DEFAULT_NTK_S_RULES: bool = True
+DEFAULT_NTK_FWD: Optional[bool] = None
 
 
 def canonical_implementation(implementation) -> NtkImplementation:
@@ -77,16 +80,6 @@ def canonical_implementation(implementation) -> NtkImplementation:
 def all_none(x) -> bool:
   return all(leaf is None for leaf in jax.tree_util.tree_leaves(
       x, is_leaf=lambda v: v is None))
-
-
-def canonical_axes(axes: Axes, ndim: int, name: str) -> tuple[int, ...]:
-  """Sorted non-negative axes; ValueError when out of ``[-ndim, ndim)``."""
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
-  for a in axes:
-    if not -ndim <= a < ndim:
-      raise ValueError(f"`{name}` {axes} out of range for outputs with "
-                       f"{ndim} axes.")
-  return tuple(sorted({a % ndim for a in axes}))
 
 
 def output_ids(ndim: int, trace_axes: Sequence[int],
@@ -139,9 +132,9 @@ def _gram(a: jax.Array, b: jax.Array, ndim: int, trace_axes) -> jax.Array:
 
   Parameter and traced axes are moved to the front and flattened into the
   contracting axis ``K``: ``A (K, M)``, ``B (K, N)``. XLA's CPU dot is fast
-  on this form and up to ~5x slower when ``K`` is the minor axis of a
-  ``(M, K)`` operand with small ``M`` (a Jacobian ``(samples, params)``); the
-  transposes fuse into the Jacobian's producers.
+  on this form and slow when ``K`` is the minor axis of a ``(M, K)`` operand
+  with small ``M`` (a Jacobian ``(samples, params)``); the transposes fuse
+  into the Jacobian's producers.
   """
   free = [i for i in range(ndim) if i not in trace_axes]
   front = list(range(ndim, a.ndim)) + list(trace_axes)
@@ -167,15 +160,6 @@ def check_trace_diagonal(shape1, shape2, trace_axes, diagonal_axes) -> None:
 # --- kwargs: rng and pairs split between x1 and x2 ---------------------------
 
 
-def x1_is_x2(x1, x2) -> jax.Array:
-  """Traced boolean: ``x1`` equals ``x2`` (same tree, shapes and values)."""
-  l1, t1 = jax.tree_util.tree_flatten(x1)
-  l2, t2 = jax.tree_util.tree_flatten(x2)
-  if t1 != t2 or any(jnp.shape(a) != jnp.shape(b) for a, b in zip(l1, l2)):
-    return jnp.asarray(False)
-  return jnp.all(jnp.asarray([jnp.all(a == b) for a, b in zip(l1, l2)]))
-
-
 def _split_key(key, x1, x2):
   # Same inputs must see the same dropout mask, different inputs different
   # ones (as neural-tangents).
@@ -183,10 +167,10 @@ def _split_key(key, x1, x2):
     return key, key
   if isinstance(key, tuple) and len(key) == 2:
     key1, key2 = key
-    other = jnp.where(x1_is_x2(key1, key2), jax.random.fold_in(key2, 1), key2)
-    return key1, jnp.where(x1_is_x2(x1, x2), key1, other)
+    other = jnp.where(same_inputs(key1, key2), jax.random.fold_in(key2, 1), key2)
+    return key1, jnp.where(same_inputs(x1, x2), key1, other)
   if isinstance(key, (jax.Array, np.ndarray)):
-    return key, jnp.where(x1_is_x2(x1, x2), key, jax.random.fold_in(key, 1))
+    return key, jnp.where(same_inputs(x1, x2), key, jax.random.fold_in(key, 1))
   raise TypeError(f"`rng` must be a PRNG key, a pair of keys or None; got "
                   f"{type(key).__name__}.")
 
@@ -332,3 +316,10 @@ def check_params(f: Callable, params, x, kwargs: dict):
         f"Calling f(params, x) failed: params (shapes "
         f"{tree_map(jnp.shape, params)}) do not seem to match f for inputs "
         f"of shape {tree_map(jnp.shape, x)}: {type(e).__name__}: {e}") from e
+
+
+def shape_dtype(a) -> Optional[jax.ShapeDtypeStruct]:
+  """The abstract shape and dtype of an array(-like) ``a``; None stays None."""
+  if a is None:
+    return None
+  return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))

@@ -9,9 +9,10 @@ FLOP count alone (neural-tangents' AUTO) picks wrongly there. Where a
 backend reports no costs, each method is timed once on zeros instead. A
 method that fails to compile is skipped.
 
-Ask what was picked: ``ntk_fn.choice`` (last call), ``ntk_fn.costs`` (all
-estimates per shape key) or `last_choice()` (process-wide). ``logging`` at
-INFO level also reports each choice.
+Ask what was picked: ``ntk_fn.method_for(x1, x2, params, **kwargs)`` (the
+method for those shapes), ``ntk_fn.choice`` (this function's last call) or
+``ntk_fn.costs`` (all estimates per shape key); ``logging`` at INFO level
+also reports each choice. Nothing is recorded process-wide.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import tree_map
 
-from . import _common as C
-from ._common import NtkImplementation
+from ._common import NtkImplementation, shape_dtype
+from .methods import method_ntk_fn
 
-__all__ = ["auto_ntk_fn", "last_choice", "BYTES_WEIGHT"]
+__all__ = ["auto_ntk_fn", "BYTES_WEIGHT"]
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,6 @@ BYTES_WEIGHT = 8.0
 _CANDIDATES = (NtkImplementation.JACOBIAN_CONTRACTION,
                NtkImplementation.NTK_VECTOR_PRODUCTS,
                NtkImplementation.STRUCTURED_DERIVATIVES)
-_LAST: list = [None]
-
-
-def last_choice() -> Optional[NtkImplementation]:
-  """The method the most recent AUTO call (anywhere) used."""
-  return _LAST[0]
-
-
-def _sds(a):
-  if a is None:
-    return None
-  return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
 
 
 def _is_array(v) -> bool:
@@ -90,17 +79,15 @@ def auto_ntk_fn(f: Callable, trace_axes=(-1,), diagonal_axes=(),
                 vmap_axes=None, _j_rules: bool = True, _s_rules: bool = True,
                 _fwd=None, **unused):
   """``ntk_fn(x1, x2, params, **kwargs)`` with the method chosen per shape."""
-  from .kernel import empirical_ntk_fn
-
-  fns = {i: empirical_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, i,
-                             _j_rules, _s_rules, _fwd) for i in _CANDIDATES}
+  fns = {i: method_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, i,
+                          _j_rules, _s_rules, _fwd) for i in _CANDIDATES}
   cache: dict = {}
 
   def choose(x1, x2, params, kwargs):
     arrays = {k: v for k, v in kwargs.items()
               if all(_is_array(l) for l in jax.tree_util.tree_leaves(v))}
     static = {k: v for k, v in kwargs.items() if k not in arrays}
-    args = tree_map(_sds, (x1, x2, params, arrays),
+    args = tree_map(shape_dtype, (x1, x2, params, arrays),
                     is_leaf=lambda v: v is None)
     costs, timed = {}, False
     compiled_by, errors = {}, []
@@ -127,16 +114,23 @@ def auto_ntk_fn(f: Callable, trace_axes=(-1,), diagonal_axes=(),
              {i.name: c for i, c in costs.items()})
     return best, costs
 
-  def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
+  def method_for(x1, x2: Optional = None, params=None,
+                 **kwargs) -> NtkImplementation:
+    """The method ``ntk_fn`` uses for these arguments' shapes (estimated on
+    first sight of them)."""
     key = _shape_key((x1, x2, params, kwargs))
     if key not in cache:
       cache[key] = choose(x1, x2, params, kwargs)
     best, costs = cache[key]
-    ntk_fn.choice = best
     ntk_fn.costs[key] = costs
-    _LAST[0] = best
+    return best
+
+  def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
+    best = method_for(x1, x2, params, **kwargs)
+    ntk_fn.choice = best
     return fns[best](x1, x2, params, **kwargs)
 
+  ntk_fn.method_for = method_for
   ntk_fn.choice = None
   ntk_fn.costs = {}
   return ntk_fn

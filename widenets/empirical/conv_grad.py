@@ -5,11 +5,10 @@ y * stride + k * dilation]``. JAX's transpose rule computes it as another
 convolution; under ``vmap`` over samples (the per-sample Jacobians of
 `NtkImplementation.JACOBIAN_CONTRACTION`, the cotangents of structured
 derivatives) both operands carry the batch and it becomes a *grouped*
-convolution, which XLA's CPU backend runs 2.5x slower in jax 0.10 than in jax
-0.4 (3 x 3 x 64 x 64 kernel, 32 samples x 10 outputs: 238 vs 97 ms). Written
-as ``K`` strided slices of the padded input stacked on a new axis and one
-``dot_general`` over ``(n, y)`` it takes 60 ms: vmap turns the contraction
-into a batched matmul.
+convolution, which XLA's CPU backend runs slowly. Written as ``K`` strided
+slices of the padded input stacked on a new axis and one ``dot_general`` over
+``(n, y)``, vmap turns the contraction into a batched matmul (timings:
+benchmarks/RESULTS.md, "Measurements behind the code").
 
 `weight_grad` is that formula; `with_fast_conv_grads` rewrites a function's
 convolutions to use it in reverse mode (a `jax.custom_vjp` per convolution,
@@ -26,11 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from . import structured_rules as R
+from . import jaxpr_eval
 
 __all__ = ["supported", "weight_grad", "has_conv", "with_fast_conv_grads"]
 
-_CALLS = R.CALLS
 _LETTERS = "abdefghijlmpqrstuvwxyz"  # spatial ids; c, k, n, o are taken
 
 
@@ -86,14 +84,14 @@ def _fast_conv(eqn) -> Callable:
 
   @jax.custom_vjp
   def conv(lhs, rhs):
-    return R.bind(eqn, [lhs, rhs])[0]
+    return jaxpr_eval.bind(eqn, [lhs, rhs])[0]
 
   def fwd(lhs, rhs):
     return conv(lhs, rhs), (lhs, rhs)
 
   def bwd(res, ct):
     lhs, rhs = res
-    _, pull = jax.vjp(lambda l: R.bind(eqn, [l, rhs])[0], lhs)
+    _, pull = jax.vjp(lambda l: jaxpr_eval.bind(eqn, [l, rhs])[0], lhs)
     d_rhs = weight_grad(lhs, ct, rhs.shape, eqn.params).astype(rhs.dtype)
     return pull(ct)[0], d_rhs
 
@@ -106,7 +104,8 @@ def _has_conv(jaxpr) -> bool:
     if (eqn.primitive.name == "conv_general_dilated" and
         supported(eqn.params)):
       return True
-    if eqn.primitive.name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
+    if (eqn.primitive.name in jaxpr_eval.CALLS and
+        _has_conv(eqn.params["jaxpr"].jaxpr)):
       return True
   return False
 
@@ -116,12 +115,12 @@ def _eval(jaxpr, consts, args):
     name = eqn.primitive.name
     if name == "conv_general_dilated" and supported(eqn.params):
       return [_fast_conv(eqn)(*invals)]
-    if name in _CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
+    if name in jaxpr_eval.CALLS and _has_conv(eqn.params["jaxpr"].jaxpr):
       inner = eqn.params["jaxpr"]
       return _eval(inner.jaxpr, inner.consts, invals)
-    return R.bind(eqn, invals)
+    return jaxpr_eval.bind(eqn, invals)
 
-  return R.eval_jaxpr(jaxpr, consts, args, step)
+  return jaxpr_eval.eval_jaxpr(jaxpr, consts, args, step)
 
 
 def has_conv(fn: Callable, *args) -> bool:

@@ -16,13 +16,13 @@ from typing import Callable, Optional
 import jax
 from jax.tree_util import tree_map, tree_reduce
 
-from . import _common as C
+from . import _common
 from .conv_grad import with_fast_conv_grads
 
 __all__ = ["jacobian_fn", "jacobian_contraction_ntk_fn"]
 
 
-def jacobian_fn(f: Callable, spec: C.VmapSpec, keys) -> Callable:
+def jacobian_fn(f: Callable, spec: _common.VmapSpec, keys) -> Callable:
   """``j(params, x, *kw_args)``: tree like ``f(x)`` of trees like params,
   leaves of shape ``fx_leaf.shape + param_leaf.shape``."""
   if not spec.active:
@@ -31,9 +31,9 @@ def jacobian_fn(f: Callable, spec: C.VmapSpec, keys) -> Callable:
       return jax.jacrev(with_fast_conv_grads(lambda p: f(p, x, **kw)))(
           params)
     return j
-  g = with_fast_conv_grads(C.per_sample_fn(f, spec, keys))
+  g = with_fast_conv_grads(_common.per_sample_fn(f, spec, keys))
   jac = jax.jacrev(g)
-  return jax.vmap(jac, in_axes=[None] + C.vmap_in_axes(spec, keys),
+  return jax.vmap(jac, in_axes=[None] + _common.vmap_in_axes(spec, keys),
                   out_axes=spec.fx_axis)
 
 
@@ -42,11 +42,12 @@ def contract_jacobians(fx1, j1, j2, trace_axes, diagonal_axes):
   def per_output(fx, a, b):
     ndim = len(fx.shape)
     terms = jax.tree_util.tree_leaves(tree_map(
-        lambda u, v: C.contract(u, v, ndim, trace_axes, diagonal_axes), a, b))
+        lambda u, v: _common.contract(u, v, ndim, trace_axes, diagonal_axes),
+        a, b))
     if not terms:  # no parameters: the NTK is zero.
-      return C.contract(jax.numpy.zeros(fx.shape, fx.dtype),
-                        jax.numpy.zeros(fx.shape, fx.dtype), ndim,
-                        trace_axes, diagonal_axes)
+      return _common.contract(jax.numpy.zeros(fx.shape, fx.dtype),
+                              jax.numpy.zeros(fx.shape, fx.dtype), ndim,
+                              trace_axes, diagonal_axes)
     return tree_reduce(operator.add, terms)
   return tree_map(per_output, fx1, j1, j2)
 
@@ -56,16 +57,16 @@ def jacobian_contraction_ntk_fn(f: Callable, trace_axes=(-1,),
   """``ntk_fn(x1, x2, params, **kwargs)`` by Jacobian contraction."""
 
   def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
-    kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
-    fx1 = C.check_params(f, params, x1, kw1)
-    spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
+    kw1, kw2 = _common.split_kwargs(kwargs, x1, x2)
+    fx1 = _common.check_params(f, params, x1, kw1)
+    spec = _common.canonical_vmap(vmap_axes, x1, fx1, kw1)
     keys = tuple(kwargs)
     j = jacobian_fn(f, spec, keys)
     j1 = j(params, x1, *[kw1[k] for k in keys])
-    if C.all_none(x2):
+    if _common.all_none(x2):
       j2 = j1
     else:
-      C.check_params(f, params, x2, kw2)
+      _common.check_params(f, params, x2, kw2)
       j2 = j(params, x2, *[kw2[k] for k in keys])
     return contract_jacobians(fx1, j1, j2, trace_axes, diagonal_axes)
 

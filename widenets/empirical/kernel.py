@@ -14,21 +14,23 @@ gets its own kernel (no cross-leaf terms). Shapes: see `_common`.
 """
 from __future__ import annotations
 
-import collections
-import functools
-from typing import Callable, Optional, Sequence, Union
+import warnings
+from typing import Callable, Optional, Union
 
 import jax
 from jax.tree_util import tree_map
 
-from . import _common as C
-from ._common import (DEFAULT_NTK_IMPLEMENTATION, NtkImplementation,
-                      _DEFAULT_NTK_FWD, _DEFAULT_NTK_J_RULES,
-                      _DEFAULT_NTK_S_RULES)
+from ..axes import Axes
+from ..kernel import canonical_get, namedtuple_type
+from . import _common
+from ._common import (DEFAULT_NTK_FWD, DEFAULT_NTK_IMPLEMENTATION,
+                      DEFAULT_NTK_J_RULES, DEFAULT_NTK_S_RULES,
+                      NtkImplementation)
+from .auto import auto_ntk_fn
+from .methods import method_ntk_fn
 
-__all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn"]
-
-Axes = Union[int, Sequence[int]]
+__all__ = ["empirical_nngp_fn", "empirical_ntk_fn", "empirical_kernel_fn",
+           "assemble", "KINDS"]
 
 
 def empirical_nngp_fn(f: Callable, trace_axes: Axes = (-1,),
@@ -46,10 +48,10 @@ def empirical_nngp_fn(f: Callable, trace_axes: Axes = (-1,),
     once.
   """
   def nngp_fn(x1, x2=None, params=None, **kwargs):
-    kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
-    C.check_params(f, params, x1, kw1)
+    kw1, kw2 = _common.split_kwargs(kwargs, x1, x2)
+    _common.check_params(f, params, x1, kw1)
     out1 = f(params, x1, **kw1)
-    out2 = out1 if C.all_none(x2) else f(params, x2, **kw2)
+    out2 = out1 if _common.all_none(x2) else f(params, x2, **kw2)
 
     def one(a, b):
       a = jax.numpy.asarray(a)
@@ -57,25 +59,11 @@ def empirical_nngp_fn(f: Callable, trace_axes: Axes = (-1,),
       if a.ndim != b.ndim:
         raise ValueError(f"f(x1) of shape {a.shape} and f(x2) of shape "
                          f"{b.shape} must have the same number of axes.")
-      return C.contract(a, b, a.ndim, trace_axes, diagonal_axes)
+      return _common.contract(a, b, a.ndim, trace_axes, diagonal_axes)
 
     return tree_map(one, out1, out2)
 
   return nngp_fn
-
-
-def _implementations():
-  # Imported here: structured derivatives and AUTO pull in more machinery.
-  from .jacobian import jacobian_contraction_ntk_fn
-  from .ntk_vp import ntk_vector_products_ntk_fn
-  from .structured import structured_derivatives_ntk_fn
-  from .auto import auto_ntk_fn
-  return {
-      NtkImplementation.AUTO: auto_ntk_fn,
-      NtkImplementation.JACOBIAN_CONTRACTION: jacobian_contraction_ntk_fn,
-      NtkImplementation.NTK_VECTOR_PRODUCTS: ntk_vector_products_ntk_fn,
-      NtkImplementation.STRUCTURED_DERIVATIVES: structured_derivatives_ntk_fn,
-  }
 
 
 def empirical_ntk_fn(
@@ -84,9 +72,9 @@ def empirical_ntk_fn(
     diagonal_axes: Axes = (),
     vmap_axes=None,
     implementation: Union[NtkImplementation, int] = DEFAULT_NTK_IMPLEMENTATION,
-    _j_rules: bool = _DEFAULT_NTK_J_RULES,
-    _s_rules: bool = _DEFAULT_NTK_S_RULES,
-    _fwd: Optional[bool] = _DEFAULT_NTK_FWD,
+    _j_rules: bool = DEFAULT_NTK_J_RULES,
+    _s_rules: bool = DEFAULT_NTK_S_RULES,
+    _fwd: Optional[bool] = DEFAULT_NTK_FWD,
 ) -> Callable:
   """One draw of the NTK ``J(x1) J(x2)^T / size(trace_axes)``.
 
@@ -107,34 +95,20 @@ def empirical_ntk_fn(
   Returns:
     ``ntk_fn(x1, x2, params, **kwargs)`` (shapes as `empirical_nngp_fn`).
   """
-  impl = C.canonical_implementation(implementation)
-  return _implementations()[impl](
-      f=f, trace_axes=trace_axes, diagonal_axes=diagonal_axes,
-      vmap_axes=vmap_axes, _j_rules=_j_rules, _s_rules=_s_rules, _fwd=_fwd)
+  impl = _common.canonical_implementation(implementation)
+  if _fwd is not DEFAULT_NTK_FWD:
+    warnings.warn(f"empirical_ntk_fn: `_fwd={_fwd!r}` has no effect (reverse "
+                  f"mode is always used for df/dy); it is accepted for "
+                  f"neural-tangents compatibility.", UserWarning, stacklevel=2)
+  if impl == NtkImplementation.AUTO:
+    return auto_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes,
+                       _j_rules=_j_rules, _s_rules=_s_rules, _fwd=_fwd)
+  return method_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, impl,
+                       _j_rules, _s_rules, _fwd)
 
 
-@functools.lru_cache(maxsize=None)
-def _namedtuple(name: str, fields: tuple):
-  return collections.namedtuple(name, fields)
-
-
-def canonical_get(get) -> tuple[Optional[tuple], bool]:
-  """``(names, single)``: requested kernels and whether to return a bare
-  array (``get`` a string)."""
-  if get is None:
-    return ("nngp", "ntk"), False
-  if isinstance(get, str):
-    names, single = (get,), True
-  elif isinstance(get, (tuple, list)):
-    names, single = tuple(get), False
-  else:
-    raise TypeError(f"`get` must be 'nngp', 'ntk', a tuple of them or None; "
-                    f"got {get!r}.")
-  for g in names:
-    if g not in ("nngp", "ntk"):
-      raise ValueError(f"Unknown `get` {g!r}: empirical kernels provide "
-                       f"'nngp' and 'ntk'.")
-  return names, single
+# Names an empirical kernel can give, and what ``get=None`` means.
+KINDS = ("nngp", "ntk")
 
 
 def assemble(results: dict, names: tuple, single: bool,
@@ -142,7 +116,7 @@ def assemble(results: dict, names: tuple, single: bool,
   """Per output leaf: the array (``single``) or a namedtuple of ``names``."""
   if single:
     return results[names[0]]
-  cls = _namedtuple(name, names)
+  cls = namedtuple_type(name, names)
   return tree_map(lambda *v: cls(*v), *[results[g] for g in names])
 
 
@@ -152,9 +126,9 @@ def empirical_kernel_fn(
     diagonal_axes: Axes = (),
     vmap_axes=None,
     implementation: Union[NtkImplementation, int] = DEFAULT_NTK_IMPLEMENTATION,
-    _j_rules: bool = _DEFAULT_NTK_J_RULES,
-    _s_rules: bool = _DEFAULT_NTK_S_RULES,
-    _fwd: Optional[bool] = _DEFAULT_NTK_FWD,
+    _j_rules: bool = DEFAULT_NTK_J_RULES,
+    _s_rules: bool = DEFAULT_NTK_S_RULES,
+    _fwd: Optional[bool] = DEFAULT_NTK_FWD,
 ) -> Callable:
   """One draw of the NNGP and/or NTK of ``f`` (arguments as
   `empirical_ntk_fn`; ``vmap_axes`` and ``implementation`` apply to the NTK).
@@ -171,8 +145,10 @@ def empirical_kernel_fn(
   }
 
   def kernel_fn(x1, x2=None, get=None, params=None, **kwargs):
-    names, single = canonical_get(get)
+    names, single = canonical_get(get, KINDS, default=KINDS,
+                                  none_means=str(KINDS))
     results = {g: fns[g](x1, x2, params, **kwargs) for g in names}
     return assemble(results, names, single)
 
+  kernel_fn.ntk_fn = fns["ntk"]  # e.g. its `method_for` under AUTO
   return kernel_fn

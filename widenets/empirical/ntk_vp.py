@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import tree_map
 
-from . import _common as C
+from ..axes import canonical_axes
+from . import _common
 from .conv_grad import has_conv, with_fast_conv_grads
 
 __all__ = ["ntk_vector_products_ntk_fn", "empirical_ntk_vp_fn"]
@@ -57,8 +58,8 @@ def _pairwise_rows(g, params, index: int, a, others, args, dtype):
   ``*O_a + (len(others),) + *O_b``, pair by pair as neural-tangents does:
   the transpose of ``delta -> J_a (J_b^T delta)`` applied to the basis of
   ``f(a)``. XLA simplifies this per-pair form better on fully connected
-  networks (3-layer FCN: 110 vs 140 ms); the batched form of `_rows` wins
-  on convolutions (CNN: 640 vs 707 ms), see `_prefers_pairs`."""
+  networks; the batched form of `_rows` wins on convolutions, see
+  `_prefers_pairs`."""
   fa = jax.eval_shape(lambda p: g(p, a, *args), params)
   la = jax.tree_util.tree_leaves(fa)[index]
   size = int(np.prod(la.shape, dtype=np.int64))
@@ -90,9 +91,8 @@ def _prefers_pairs(g, params, x, args) -> bool:
 # bounds the memory of the vmapped tangents, which otherwise grows as
 # N1 * K * N2 activations.
 _ROWS_PER_CHUNK = 1 << 15
-# Chunks are unrolled (at most this many): the same chunks as a `lax.map`
-# loop ran 1.6-2.4x slower on XLA's CPU backend (jax 0.10; 3-layer CNN, 32
-# samples: 15-22 s vs 7 s), apparently from the convolutions inside the loop.
+# Chunks are unrolled (at most this many): XLA's CPU backend runs
+# convolutions inside a `lax.map` loop markedly slower.
 _MAX_CHUNKS = 8
 
 
@@ -208,12 +208,13 @@ def _symmetric_rows(rows_against: Callable, x, args: list,
 
 def _trace_and_diagonal(r, ndim: int, trace_axes, diagonal_axes):
   """Takes traces/diagonals of ``r`` of shape ``fx1.shape + fx2.shape``."""
-  trace_axes = C.canonical_axes(trace_axes, ndim, "trace_axes")
-  diagonal_axes = C.canonical_axes(diagonal_axes, ndim, "diagonal_axes")
-  C.check_trace_diagonal(r.shape[:ndim], r.shape[ndim:], trace_axes,
-                         diagonal_axes)
-  ids1, ids2, out = C.output_ids(ndim, trace_axes, diagonal_axes)
-  return jnp.einsum(r, ids1 + ids2, out) / C.trace_size(r.shape, trace_axes)
+  trace_axes = canonical_axes(trace_axes, ndim, "trace_axes")
+  diagonal_axes = canonical_axes(diagonal_axes, ndim, "diagonal_axes")
+  _common.check_trace_diagonal(r.shape[:ndim], r.shape[ndim:], trace_axes,
+                               diagonal_axes)
+  ids1, ids2, out = _common.output_ids(ndim, trace_axes, diagonal_axes)
+  return (jnp.einsum(r, ids1 + ids2, out) /
+          _common.trace_size(r.shape, trace_axes))
 
 
 def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
@@ -221,14 +222,14 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
   """``ntk_fn(x1, x2, params, **kwargs)`` by NTK-vector products."""
 
   def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
-    kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
-    fx1 = C.check_params(f, params, x1, kw1)
-    symmetric = C.all_none(x2)
+    kw1, kw2 = _common.split_kwargs(kwargs, x1, x2)
+    fx1 = _common.check_params(f, params, x1, kw1)
+    symmetric = _common.all_none(x2)
     if symmetric:
       x2, kw2, fx2 = x1, kw1, fx1
     else:
-      fx2 = C.check_params(f, params, x2, kw2)
-    spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
+      fx2 = _common.check_params(f, params, x2, kw2)
+    spec = _common.canonical_vmap(vmap_axes, x1, fx1, kw1)
     # x2=None: Theta is symmetric, so only pairs i <= j (by sample blocks)
     # are computed. Needs `plain` inputs: an ``rng`` among the keyword
     # arguments would draw differently for a block than for the batch.
@@ -242,7 +243,7 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
     keys = tuple(kwargs)
     args = [kw1[k] for k in keys]
     if spec.active:
-      g_plain = C.per_sample_fn(f, spec, keys)
+      g_plain = _common.per_sample_fn(f, spec, keys)
       g = with_fast_conv_grads(g_plain)
       # One trace of f decides the row form for every output leaf.
       prefer_pairs = plain and _prefers_pairs(g_plain, params, x1, args)
@@ -274,9 +275,8 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
             return _rows(vjp_fn, fx_s, f_other, params, i, shape, l1.dtype)
           return per_sample
 
-        # Symmetric blocks pay off for the batched form (CNN: 7.3 -> 3.9 s);
-        # per-pair rows gained nothing from them (FCN: 103 vs 101-124 ms
-        # with 2-8 blocks). A block's rows must fit `_ROWS_PER_CHUNK`.
+        # Symmetric blocks pay off for the batched form only (per-pair rows
+        # gain nothing). A block's rows must fit `_ROWS_PER_CHUNK`.
         rows = l1.size // l1.shape[axis] * l2.size
         block = -(-l1.shape[axis] // _MAX_CHUNKS)
         if (symmetric and axis == 0 and not pairs and
@@ -284,14 +284,14 @@ def ntk_vector_products_ntk_fn(f: Callable, trace_axes=(-1,),
           r = _symmetric_rows(lambda lo: against(x1[lo:]), x1, args,
                               l1.shape[1:])
         elif pairs:
-          r = _map_samples(against(x2), C.vmap_in_axes(spec, keys),
+          r = _map_samples(against(x2), _common.vmap_in_axes(spec, keys),
                            [x1] + args, rows=rows)
           if symmetric:  # exactly symmetric, as the blocked form is
             k = l1.ndim
             r = (r + jnp.transpose(r, list(range(k, 2 * k)) +
                                    list(range(k)))) / 2
         else:
-          r = _map_samples(against(x2), C.vmap_in_axes(spec, keys),
+          r = _map_samples(against(x2), _common.vmap_in_axes(spec, keys),
                            [x1] + args, rows=rows)
           r = jnp.moveaxis(r, 0, axis)
       out.append(_trace_and_diagonal(r, len(l1.shape), trace_axes,
@@ -320,10 +320,10 @@ def empirical_ntk_vp_fn(f: Callable, x1, x2: Optional, params,
     returns a tree shaped like ``f(params, x1)``:
     ``sum_{j,b} Theta[(i,a), (j,b)] v[j,b]`` (no trace over outputs).
   """
-  kw1, kw2 = C.split_kwargs(apply_fn_kwargs, x1, x2)
-  C.check_params(f, params, x1, kw1)
+  kw1, kw2 = _common.split_kwargs(apply_fn_kwargs, x1, x2)
+  _common.check_params(f, params, x1, kw1)
   f1 = lambda p: f(p, x1, **kw1)
-  f2 = f1 if C.all_none(x2) else (lambda p: f(p, x2, **kw2))
+  f2 = f1 if _common.all_none(x2) else (lambda p: f(p, x2, **kw2))
 
   def ntk_vp_fn(cotangents):
     t, = jax.vjp(f2, params)[1](cotangents)

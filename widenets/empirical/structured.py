@@ -34,12 +34,13 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.tree_util import tree_map
 
-from . import _common as C
-from . import structured_rules as R
+from ..axes import canonical_axes
+from . import _common
+from . import jaxpr_eval, structured_rules
+from .jacobian import jacobian_contraction_ntk_fn
 
 __all__ = ["structured_derivatives_ntk_fn", "analyze", "Plan"]
 
-_CALLS = R.CALLS
 
 
 @dataclasses.dataclass
@@ -107,7 +108,7 @@ def _analyze(jaxpr, consts, tags_in: list, path: tuple, plan: Plan) -> list:
       excl = excl and counts[v] == 1
       out = eqn.outvars[0]
       if excl and _is_float(out):
-        if name in R.PASS_THROUGH and len(eqn.invars) == 1:
+        if name in structured_rules.PASS_THROUGH and len(eqn.invars) == 1:
           tags[out] = (leaf, scale, True)
           continue
         if name == "neg":
@@ -119,8 +120,8 @@ def _analyze(jaxpr, consts, tags_in: list, path: tuple, plan: Plan) -> list:
             tags[out] = (leaf, scale * c if name == "mul" else scale / c,
                          True)
             continue
-    if name in _CALLS and isinstance(eqn.params.get("jaxpr"),
-                                     jcore.ClosedJaxpr):
+    if name in jaxpr_eval.CALLS and isinstance(eqn.params.get("jaxpr"),
+                                               jcore.ClosedJaxpr):
       inner = eqn.params["jaxpr"]
       inner_tags = []
       for v in eqn.invars:
@@ -166,13 +167,13 @@ def _run(jaxpr, consts, args, path, plan: Plan, eps: dict, record: dict):
       inner = eqn.params["jaxpr"]
       outs = _run(inner.jaxpr, inner.consts, invals, key, plan, eps, record)
     else:
-      outs = R.bind(eqn, invals)
+      outs = jaxpr_eval.bind(eqn, invals)
     if key in plan.sites:
       record[key] = invals
       outs = [o if e is None else o + e for o, e in zip(outs, eps[key])]
     return outs
 
-  return R.eval_jaxpr(jaxpr, consts, args, step)
+  return jaxpr_eval.eval_jaxpr(jaxpr, consts, args, step)
 
 
 def _zero_eps(plan: Plan) -> dict:
@@ -225,17 +226,16 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
   """``ntk_fn(x1, x2, params, **kwargs)`` by structured derivatives."""
 
   def ntk_fn(x1, x2: Optional = None, params=None, **kwargs):
-    kw1, kw2 = C.split_kwargs(kwargs, x1, x2)
-    fx1 = C.check_params(f, params, x1, kw1)
-    same = C.all_none(x2)
-    fx2 = fx1 if same else C.check_params(f, params, x2, kw2)
-    spec = C.canonical_vmap(vmap_axes, x1, fx1, kw1)
+    kw1, kw2 = _common.split_kwargs(kwargs, x1, x2)
+    fx1 = _common.check_params(f, params, x1, kw1)
+    same = _common.all_none(x2)
+    fx2 = fx1 if same else _common.check_params(f, params, x2, kw2)
+    spec = _common.canonical_vmap(vmap_axes, x1, fx1, kw1)
     # Non-array kwargs (flags, modes) are closed over: they cannot be jaxpr
     # inputs. They must be the same for x1 and x2.
     static = {k: v for k, v in kw1.items() if not _all_arrays(v)}
     if any(not _all_arrays(kw2[k]) and kw2[k] is not v and kw2[k] != v
            for k, v in static.items()):
-      from .jacobian import jacobian_contraction_ntk_fn
       return jacobian_contraction_ntk_fn(f, trace_axes, diagonal_axes,
                                          vmap_axes)(x1, x2, params, **kwargs)
     keys = tuple(k for k in kwargs if k not in static)
@@ -243,7 +243,7 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
     p_leaves, p_tree = jax.tree_util.tree_flatten(params)
     n_params = len(p_leaves)
     if spec.active:
-      g = C.per_sample_fn(f_static, spec, keys)
+      g = _common.per_sample_fn(f_static, spec, keys)
     else:
       g = lambda p, x, *args: f_static(p, x, **dict(zip(keys, args)))
 
@@ -257,9 +257,10 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
         return x, args
       take = lambda a, ax: a if ax is None else jax.ShapeDtypeStruct(
           a.shape[:ax] + a.shape[ax + 1:], a.dtype)
-      xs = tree_map(take, tree_map(_sds, x), spec.x_axis)
+      xs = tree_map(take, tree_map(_common.shape_dtype, x), spec.x_axis)
       args = [a if spec.kw_axes.get(k) is None else
-              tree_map(take, tree_map(_sds, a), spec.kw_axes[k])
+              tree_map(take, tree_map(_common.shape_dtype, a),
+                       spec.kw_axes[k])
               for k, a in zip(keys, args)]
       return xs, args
 
@@ -270,8 +271,7 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
 
     def fallback(reason):
       warnings.warn(f"Structured derivatives: {reason}; using Jacobian "
-                    f"contraction.", R.StructureWarning)
-      from .jacobian import jacobian_contraction_ntk_fn
+                    f"contraction.", structured_rules.StructureWarning)
       return jacobian_contraction_ntk_fn(f, trace_axes, diagonal_axes,
                                          vmap_axes)(x1, x2, params, **kwargs)
 
@@ -295,7 +295,7 @@ def structured_derivatives_ntk_fn(f: Callable, trace_axes=(-1,),
     def run_side(closed, plan_, x, args):
       fn = lambda x_, *a: side(closed, plan_, x_, *a)
       if spec.active:
-        fn = jax.vmap(fn, in_axes=C.vmap_in_axes(spec, keys),
+        fn = jax.vmap(fn, in_axes=_common.vmap_in_axes(spec, keys),
                       out_axes=(0, 0, None))
       return fn(x, *args)
 
@@ -321,10 +321,6 @@ def _all_arrays(v) -> bool:
       isinstance(l, (jax.Array, np.ndarray, np.generic)) for l in leaves)
 
 
-def _sds(a):
-  return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
-
-
 def _leaf_ntk(plan: Plan, s1, s2, l: int, shape1, shape2, fx_axis,
               trace_axes, diagonal_axes, j_rules, s_rules, dtype):
   """NTK of output leaf ``l``: sum over parameter leaves."""
@@ -332,10 +328,10 @@ def _leaf_ntk(plan: Plan, s1, s2, l: int, shape1, shape2, fx_axis,
   if len(shape2) != ndim:
     raise ValueError(f"f(x1) of shape {shape1} and f(x2) of shape {shape2} "
                      f"must have the same number of axes.")
-  trace = C.canonical_axes(trace_axes, ndim, "trace_axes")
-  diag = C.canonical_axes(diagonal_axes, ndim, "diagonal_axes")
-  C.check_trace_diagonal(shape1, shape2, trace, diag)
-  ids1, ids2, out_ids = C.output_ids(ndim, trace, diag)
+  trace = canonical_axes(trace_axes, ndim, "trace_axes")
+  diag = canonical_axes(diagonal_axes, ndim, "diagonal_axes")
+  _common.check_trace_diagonal(shape1, shape2, trace, diag)
+  ids1, ids2, out_ids = _common.output_ids(ndim, trace, diag)
   (dfs1, oth1, tag1), (dfs2, oth2, tag2) = s1, s2
   vm = fx_axis is not None
   n_lead = ndim - 1 if vm else ndim
@@ -349,11 +345,12 @@ def _leaf_ntk(plan: Plan, s1, s2, l: int, shape1, shape2, fx_axis,
     site = plan.sites[key]
     if not vm:
       vals = _merge(oth[key], tag[key])
-      return R.jacobian(dfs[l][key], site.eqn, vals, pos, n_lead, j_rules)
+      return structured_rules.jacobian(dfs[l][key], site.eqn, vals, pos,
+                                       n_lead, j_rules)
 
     def per_sample(d, o):
-      return R.jacobian(d, site.eqn, _merge(o, tag[key]), pos, n_lead,
-                        j_rules)
+      return structured_rules.jacobian(d, site.eqn, _merge(o, tag[key]), pos,
+                                       n_lead, j_rules)
     j = jax.vmap(per_sample)(dfs[l][key], oth[key])
     return jnp.moveaxis(j, 0, fx_axis)
 
@@ -361,7 +358,7 @@ def _leaf_ntk(plan: Plan, s1, s2, l: int, shape1, shape2, fx_axis,
   for leaf, uses in sorted(plan.leaf_uses.items()):
     key, pos, scale = uses[0]
     site = plan.sites[key]
-    rule = R.MJJMP_RULES.get(site.eqn.primitive.name)
+    rule = structured_rules.MJJMP_RULES.get(site.eqn.primitive.name)
     if (len(uses) == 1 and s_rules and rule is not None and
         len(site.eqn.outvars) == 1):
       in1 = _merge(oth1[key], tag1[key])
@@ -373,12 +370,12 @@ def _leaf_ntk(plan: Plan, s1, s2, l: int, shape1, shape2, fx_axis,
                   site.eqn.params, ids1, ids2, out_ids,
                   ids1[fx_axis] if linked else None,
                   ids2[fx_axis] if linked else None)
-      part = part / C.trace_size(shape1, trace)
+      part = part / _common.trace_size(shape1, trace)
     else:
       j1 = sum(jac(dfs1, oth1, tag1, k, p) for k, p, _ in uses)
       j2 = j1 if s1 is s2 else sum(jac(dfs2, oth2, tag2, k, p)
                                   for k, p, _ in uses)
-      part = C.contract(j1, j2, ndim, trace, diag)
+      part = _common.contract(j1, j2, ndim, trace, diag)
     total = total + (scale * scale) * part
   return total
 

@@ -20,54 +20,22 @@ output) and a `StructureWarning` names the primitive once.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["StructureWarning", "bind", "eval_jaxpr", "jacobian", "MJJMP_RULES",
+from .conv_grad import weight_grad
+from .jaxpr_eval import bind
+
+__all__ = ["StructureWarning", "jacobian", "MJJMP_RULES",
            "JACOBIAN_RULES", "PASS_THROUGH", "generic_jacobian"]
-
-
-# Call-like primitives whose body is a closed jaxpr in ``params['jaxpr']``.
-CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
 
 
 class StructureWarning(UserWarning):
   """A primitive without a structure rule used the plain-Jacobian fallback."""
-
-
-def bind(eqn, invals: Sequence) -> list:
-  """Evaluates one jaxpr equation on ``invals``; always returns a list."""
-  bound = eqn.primitive.get_bind_params(eqn.params)
-  if isinstance(bound, tuple):  # older JAX: (subfuns, params)
-    subfuns, params = bound
-    out = eqn.primitive.bind(*subfuns, *invals, **params)
-  else:
-    out = eqn.primitive.bind(*invals, **bound)
-  return list(out) if eqn.primitive.multiple_results else [out]
-
-
-def eval_jaxpr(jaxpr, consts: Sequence, args: Sequence,
-               step: Callable) -> list:
-  """Evaluates ``jaxpr`` with ``step(index, eqn, invals) -> outputs`` for
-  each equation (e.g. `bind`, or a substitute)."""
-  from jax.extend import core as jcore
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jcore.Literal) else env[v]
-
-  env.update(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  for i, eqn in enumerate(jaxpr.eqns):
-    outs = step(i, eqn, [read(v) for v in eqn.invars])
-    for v, o in zip(eqn.outvars, outs):
-      if not isinstance(v, jcore.DropVar):
-        env[v] = o
-  return [read(v) for v in jaxpr.outvars]
 
 
 # Unary primitives that only permute/reshape/retype their input: an
@@ -210,7 +178,6 @@ def _j_conv(ct, invals, pos, params):
   # The input's Jacobian falls back to the VJP (a transposed convolution).
   if pos != 1:
     return None
-  from .conv_grad import weight_grad
   return weight_grad(invals[0], ct, jnp.shape(invals[1]), params)
 
 

@@ -15,9 +15,7 @@ modules is plain linear algebra on ``(n, n)`` and ``(n, c)`` matrices.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import math
 from typing import Any, Sequence, Union
 
@@ -26,11 +24,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._tracing import is_concrete  # noqa: F401 (used across predict)
+from ..axes import Axes, canonical_axes
+from ..kernel import canonical_get, namedtuple_type
 
 ArrayOrScalar = Union[None, int, float, jax.Array, np.ndarray]
-Axes = Union[int, Sequence[int]]
+# What a predictor can give.
+KINDS = ("nngp", "ntk", "ntkgp")
 
-_KINDS = ("nngp", "ntk", "ntkgp")
+
+def _x64_available() -> bool:
+  return jax.dtypes.canonicalize_dtype(jnp.float64) == np.float64
+
+
+def precision(dtype) -> contextlib.AbstractContextManager:
+  """A context in which ``dtype`` (e.g. float64) is usable even without x64."""
+  if dtype is not None and np.dtype(dtype) == np.float64 and \
+      not _x64_available():
+    return jax.enable_x64(True)
+  return contextlib.nullcontext()
 
 
 def is_array(x) -> bool:
@@ -50,19 +61,6 @@ def eval_context():
   if is_concrete(jnp.zeros(()) + 1):
     return contextlib.nullcontext()
   return jax.ensure_compile_time_eval()
-
-
-def canonicalize_axes(axes: Axes, ndim: int, name: str = "trace_axes"
-                      ) -> tuple[int, ...]:
-  """Sorted, unique, non-negative axes of an ``ndim``-dimensional array."""
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
-  out = set()
-  for a in axes:
-    if not -ndim <= a < ndim:
-      raise ValueError(f"`{name}`={axes} is out of range for outputs with "
-                       f"{ndim} dimensions (y_train.ndim).")
-    out.add(a % ndim)
-  return tuple(sorted(out))
 
 
 def get_kernel(k, g: str, where: str = "kernel"):
@@ -132,7 +130,8 @@ class Layout:
 
   def __init__(self, y_shape: tuple, trace_axes: Axes):
     ndim = len(y_shape)
-    pos = canonicalize_axes(trace_axes, ndim)
+    pos = canonical_axes(trace_axes, ndim, "trace_axes",
+                         "outputs (y_train.ndim)")
     self.ndim = ndim
     self.trace_axes = tuple(a - ndim for a in pos)  # negative: robust to lead
     self.trace_shape = tuple(y_shape[a] for a in pos)
@@ -210,36 +209,21 @@ def check_fx(fx_train_0, fx_test_0, k_test_train) -> None:
         f"`k_test_train`: test-set predictions need the test-train kernel.")
 
 
-def canonicalize_get(get, allowed: Sequence[str] = _KINDS
-                     ) -> tuple[bool, tuple[str, ...]]:
-  """``(get_is_single_name, names)``; ``None`` means ``('nngp', 'ntk')``."""
-  if get is None:
-    return False, ("nngp", "ntk")
-  single = isinstance(get, str)
-  names = (get,) if single else tuple(get)
-  if not names:
-    raise ValueError("`get` must be non-empty.")
-  names = tuple(str(g).lower() for g in names)
-  if len(set(names)) < len(names):
-    raise ValueError(f"All entries of `get` must be unique; got {names}.")
-  for g in names:
-    if g not in allowed:
-      raise ValueError(f"Unknown `get` {g!r}: predictions can be "
-                       f"{', '.join(map(repr, allowed))} (or a tuple of "
-                       f"them, or None for ('nngp', 'ntk')).")
-  return single, names
-
-
-@functools.lru_cache(maxsize=None)
-def _namedtuple(name: str, fields: tuple):
-  return collections.namedtuple(name, fields)
+def canonical_predict_get(get, allowed: Sequence[str] = KINDS
+                          ) -> tuple[tuple[str, ...], bool]:
+  """``(names, single)`` of a predictor's ``get`` (`kernel.canonical_get`):
+  names are case-insensitive, ``None`` means ``('nngp', 'ntk')`` and ``()``
+  is an error."""
+  return canonical_get(get, allowed, default=("nngp", "ntk"),
+                       none_means="('nngp', 'ntk')", ignore_case=True,
+                       nonempty=True)
 
 
 def pack_get(out: dict, get, single: bool, name: str = "Gaussians"):
   """NT's output convention: one value for a name, else a namedtuple."""
   if single:
     return next(iter(out.values()))
-  return _namedtuple(name, tuple(out))(*out.values())
+  return namedtuple_type(name, tuple(out))(*out.values())
 
 
 def kernel_dependencies(get: tuple[str, ...], compute_cov: bool

@@ -42,8 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import is_array, is_concrete
-from .solvers import precision
+from ._common import is_array, is_concrete, precision
 
 __all__ = ["KernelBlocks", "CG", "CGInfo", "cg_solve"]
 

@@ -34,9 +34,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from .._memory import release_free_memory
 from . import solvers
-from ._common import (Axes, Layout, canonicalize_get, check_diag_reg,
+from ._common import (Axes, Layout, canonical_predict_get, check_diag_reg,
                       check_test_train, check_train, eval_context,
                       from_2d, get_kernel, is_array,
                       kernel_dependencies, pack_get, to_2d)
@@ -87,7 +86,6 @@ def _gp_inference(
     *,
     solver: Any = None,
 ) -> Callable:
-  release_free_memory()  # see widenets/_memory.py
   y_train = jnp.asarray(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
@@ -119,8 +117,7 @@ def _gp_inference(
       For a single name the `Gaussian` (or mean), else a namedtuple
       ``Gaussians`` of them in ``get`` order.
     """
-    single, names = canonicalize_get(get)
-    release_free_memory()
+    names, single = canonical_predict_get(get)
     out = {}
     for g in names:
       kind = "ntk" if g == "ntkgp" else g
@@ -231,7 +228,7 @@ def _gp_inference_kernel_fn(
     raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "
                      f"{x_train.shape}) but `y_train` has {y_train.shape[0]} "
                      f"(shape {y_train.shape}).")
-  _, names = canonicalize_get(get)
+  names, _ = canonical_predict_get(get)
   deps = kernel_dependencies(names, compute_cov)
   k_dd = kernel_fn(x_train, None, deps, **kernel_fn_kwargs)
   k_td = k_tt = None

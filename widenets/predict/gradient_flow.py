@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 
 from . import solvers
-from ._common import (ArrayOrScalar, Axes, Layout, canonicalize_get,
+from ._common import (ArrayOrScalar, Axes, Layout, canonical_predict_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
                       eval_context, first_kernel, from_2d, is_array,
                       kernel_dependencies, pack_get, to_2d)
-from .gp import Gaussian, _gp_inference
+from .gp import Gaussian, gp_inference
 
 __all__ = ["gradient_descent_mse", "gradient_descent_mse_ensemble"]
 
@@ -274,7 +274,7 @@ def gradient_descent_mse_ensemble(
                  get=None, compute_cov: bool = False,
                  **kernel_fn_test_test_kwargs):
     """Mean [and covariance] of the ensemble's outputs at time[s] ``t``."""
-    single, names = canonicalize_get(get, ("nngp", "ntk"))
+    names, single = canonical_predict_get(get, ("nngp", "ntk"))
     deps = kernel_dependencies(names, compute_cov)
     k_dd = k_train_train(deps)
     if x_test is None:
@@ -289,7 +289,7 @@ def gradient_descent_mse_ensemble(
     if t is None and not all(eigen.has(g) for g in names):
       # Infinite time by Cholesky solves (unless eigh is already cached).
       if deps not in inf_cache:
-        inf_cache[deps] = _gp_inference(
+        inf_cache[deps] = gp_inference(
             _Pair(**k_dd), y_train, diag_reg, diag_reg_absolute_scale,
             trace_axes, solver=solver)
       return inf_cache[deps](get, None if k_td is None else _Pair(**k_td),

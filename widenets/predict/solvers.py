@@ -23,7 +23,6 @@ Everything is jit-friendly: inside `jax.jit` the escalation runs as a
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import dataclasses
 import warnings
@@ -33,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import is_concrete, to_2d
+from ._common import is_concrete, precision, to_2d
+from .cg import CG
 
 __all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
            "regularizer", "precision", "make_solver"]
@@ -44,18 +44,6 @@ def regularizer(a2d: jax.Array, diag_reg, absolute: bool) -> jax.Array:
   if absolute:
     return jnp.asarray(diag_reg, a2d.dtype)
   return diag_reg * jnp.trace(a2d) / a2d.shape[0]
-
-
-def _x64_available() -> bool:
-  return jax.dtypes.canonicalize_dtype(jnp.float64) == np.float64
-
-
-def precision(dtype) -> contextlib.AbstractContextManager:
-  """A context in which ``dtype`` (e.g. float64) is usable even without x64."""
-  if dtype is not None and np.dtype(dtype) == np.float64 and \
-      not _x64_available():
-    return jax.enable_x64(True)
-  return contextlib.nullcontext()
 
 
 def _compute_dtype(solver_dtype, kernel_dtype):
@@ -84,8 +72,8 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
 
 @jax.jit
 def _cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
-  # Compiled once per shape: eagerly, cho_solve's two triangular solves and
-  # their transposes were dispatched op by op.
+  # Compiled once per shape: run eagerly, cho_solve's two triangular solves
+  # and their transposes would be dispatched op by op.
   return jax.scipy.linalg.cho_solve((chol, True), b)
 
 
@@ -282,7 +270,6 @@ def make_solver(solver) -> Any:
                         solver.lower() == "cholesky"):
     return Cholesky()
   if isinstance(solver, str) and solver.lower() == "cg":
-    from .cg import CG
     return CG()
   if isinstance(solver, str):
     raise ValueError(f"Unknown solver {solver!r}: expected 'cholesky', 'cg', "

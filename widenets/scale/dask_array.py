@@ -20,10 +20,10 @@ from typing import Union
 import jax
 import numpy as np
 
-from ..batching import assemble, blocks as B
+from ..batching import assemble, blocks
 from ..batching.job import BlockJob
-from ..batching.runner import (BatchedKernelFn, _leaf_specs, _validated,
-                               _x1_is_x2)
+from ..batching.runner import BatchedKernelFn, _leaf_specs, _validated
+from ..kernel import same_inputs
 
 __all__ = ["kernel_array"]
 
@@ -52,13 +52,13 @@ class _Task:
 
 
 def _block(task: _Task, x2_is_none: bool, xb1, xb2, p1, p2, keys,
-           specs: tuple, grid: B.Grid, ij: tuple):
+           specs: tuple, grid: blocks.Grid, ij: tuple):
   """Block ``ij`` as ``{path: trimmed numpy leaf}`` (only the leaves this
   block provides, see `assemble.trim`, so little travels between workers)."""
   job = task.resolve()
   dyn_args, dyn_kwargs = job.dynamic()
   out = job.fn(x2_is_none)(xb1, xb2, dyn_args, dyn_kwargs, p1, p2, keys)
-  vals = {p: v for p, v, _ in B.flatten_output(out)[1]}
+  vals = {p: v for p, v, _ in blocks.flatten_output(out)[1]}
   res = {}
   for spec in specs:
     v = vals.get(spec.path)
@@ -73,7 +73,7 @@ def _pick(res: dict, key: str):
 
 
 def _pick_mirror(res: dict, key: str, rule: str):
-  return np.ascontiguousarray(B.mirror(res[key], rule))
+  return np.ascontiguousarray(blocks.mirror(res[key], rule))
 
 
 def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
@@ -115,10 +115,10 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
                        f"'auto'; got {chunks!r}.")
     b = int(chunks)
   b1, b2 = (min(b, n1),) * 2 if symmetric else (min(b, n1), min(b, n2))
-  grid = B.Grid(n1, n2, b1, b2, symmetric)
-  x1p = jax.tree_util.tree_map(lambda a: B.pad_rows(a, grid.padded1), x1)
+  grid = blocks.Grid(n1, n2, b1, b2, symmetric)
+  x1p = jax.tree_util.tree_map(lambda a: blocks.pad_rows(a, grid.padded1), x1)
   x2p = x1p if symmetric else jax.tree_util.tree_map(
-      lambda a: B.pad_rows(a, grid.padded2), x2)
+      lambda a: blocks.pad_rows(a, grid.padded2), x2)
   pair1, pair2 = job.padded_pairs(grid)
   keys1, keys2 = job.row_keys(grid)
   take = lambda t, s: jax.tree_util.tree_map(lambda a: np.asarray(a[s]), t)
@@ -129,11 +129,11 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
       None if symmetric else take(x2p, slice(0, b2)), dyn_args, dyn_kwargs,
       take(pair1, slice(0, b1)), take(pair2, slice(0, b2)),
       None if keys1 is None else (keys1[0], keys2[0]))
-  desc, leaves = B.flatten_output(shape_out)
+  desc, leaves = blocks.flatten_output(shape_out)
   specs = _leaf_specs(job, leaves, grid, x1p, pair1,
                       None if keys1 is None else (keys1[0], keys2[0]))
   mirrored = symmetric and all(s.mirror is not None for s in specs
-                               if s.kind == B.PAIR)
+                               if s.kind == blocks.PAIR)
 
   token = uuid.uuid4().hex[:12]
   task = _Task(job)
@@ -165,10 +165,10 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
   for k, spec in enumerate(specs):
     name = f"kernel-leaf{k}-{token}"
     layer = {}
-    extra = tuple(spec.block_shape[2:] if spec.kind == B.PAIR
+    extra = tuple(spec.block_shape[2:] if spec.kind == blocks.PAIR
                   else spec.block_shape[1:])
     zeros = (0,) * len(extra)
-    if spec.kind == B.PAIR:
+    if spec.kind == blocks.PAIR:
       for i, j in itertools.product(range(grid.nb1), range(grid.nb2)):
         if mirrored and j < i:
           layer[(name, i, j) + zeros] = (_pick_mirror, (blk, j, i), spec.path,
@@ -176,34 +176,34 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
         else:
           layer[(name, i, j) + zeros] = (_pick, (blk, i, j), spec.path)
       ch = (rows, cols) + tuple((e,) for e in extra)
-    elif spec.kind == B.ROW:
+    elif spec.kind == blocks.ROW:
       for i in range(grid.nb1):
         layer[(name, i) + zeros] = (
             _pick, (blk, i, assemble.row_source(grid, i)), spec.path)
       ch = (rows,) + tuple((e,) for e in extra)
-    elif spec.kind == B.COL and not symmetric:
+    elif spec.kind == blocks.COL and not symmetric:
       for j in range(grid.nb2):
         layer[(name, j) + zeros] = (_pick, (blk, 0, j), spec.path)
       ch = (cols,) + tuple((e,) for e in extra)
-    elif spec.kind == B.CONST:
+    elif spec.kind == blocks.CONST:
       shape = tuple(spec.block_shape)
       layer[(name,) + (0,) * len(shape)] = (_pick, (blk, 0, 0), spec.path)
       ch = tuple((e,) for e in shape)
-    elif spec.kind == B.FLAG:
-      values[k] = np.asarray(_x1_is_x2(x1, x2), spec.dtype)
+    elif spec.kind == blocks.FLAG:
+      values[k] = np.asarray(same_inputs(x1, x2), spec.dtype)
       continue
-    elif spec.kind in (B.ROWROW, B.COLCOL) and spec.source:
+    elif spec.kind in (blocks.ROWROW, blocks.COLCOL) and spec.source:
       continue
     else:
       continue
     hlg = HighLevelGraph.from_collections(name, {**graph, **layer})
     values[k] = da.Array(hlg, name, ch, dtype=np.dtype(spec.dtype))
   for k, spec in enumerate(specs):
-    if spec.kind in (B.ROWROW, B.COLCOL) and spec.source:
+    if spec.kind in (blocks.ROWROW, blocks.COLCOL) and spec.source:
       if spec.source.startswith("leaf:"):
         values[k] = values[int(spec.source[5:])]
       else:
-        sub_x = x1 if spec.kind == B.ROWROW else x2
+        sub_x = x1 if spec.kind == blocks.ROWROW else x2
         values[k] = kernel_array(kernel_fn, sub_x, None, "nngp", b, *args,
                                  **kwargs)
   return assemble.build_output(desc, specs, grid, values)

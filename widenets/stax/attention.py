@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..axes import spatial_axes
 from ..kernel import Kernel
 from . import masking
 from .dense import affine
@@ -55,13 +56,6 @@ class PositionalEmbedding(enum.Enum):
   NONE = "NONE"
   SUM = "SUM"
   CONCAT = "CONCAT"
-
-
-def _spatial(shape, batch_axis, channel_axis):
-  ndim = len(shape)
-  skip = (batch_axis % ndim, channel_axis % ndim)
-  axes = tuple(i for i in range(ndim) if i not in skip)
-  return tuple(shape[i] for i in axes), axes
 
 
 def _pos_emb_cov(spatial_shape, p_norm, decay_fn) -> np.ndarray:
@@ -162,7 +156,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
 
   def apply_fn(params, inputs, mask=None, **kwargs):
     Q, K, V, W_out, b, pos_emb = params
-    spatial_shape, _ = _spatial(inputs.shape, batch_axis, channel_axis)
+    spatial_shape = tuple(inputs.shape[i] for i in spatial_axes(
+        inputs.ndim, batch_axis, channel_axis))
     n = inputs.shape[batch_axis]
     ca = channel_axis % inputs.ndim
     values_in = inputs
@@ -220,7 +215,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
 
   def rule(k: Kernel, **kwargs) -> Kernel:
     ndim = len(k.shape1)
-    spatial_shape, _ = _spatial(k.shape1, k.batch_axis, k.channel_axis)
+    spatial_shape = tuple(k.shape1[i] for i in spatial_axes(
+        len(k.shape1), k.batch_axis, k.channel_axis))
     ntk = k.ntk
     if ntk is not None and jnp.ndim(ntk) == 0:
       ntk = jnp.broadcast_to(ntk, k.nngp.shape)

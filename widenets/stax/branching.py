@@ -12,6 +12,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
+from ..axes import spatial_axes
 from ..kernel import Kernel
 from .layer import Requirements, layer
 
@@ -198,8 +199,7 @@ def FanInConcat(axis: int = -1):
     if not all(k.is_gaussian for k in ks):
       raise ValueError("FanInConcat: concatenation along a spatial axis needs "
                        "every branch to end in an affine layer (Gaussian).")
-    spatial = [i for i in range(ndim) if i not in (k0.batch_axis,
-                                                   k0.channel_axis)]
+    spatial = list(spatial_axes(ndim, k0.batch_axis, k0.channel_axis))
     s = spatial.index(ax)
 
     def cat(mats, batch_ndim):

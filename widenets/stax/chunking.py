@@ -1,21 +1,20 @@
 """Row chunks: a whole network's kernel, ``c`` samples of ``x1`` at a time.
 
-In a packable network (see `layer.Requirements`) the entry ``(i, j)`` of every
-output depends only on ``x1[i]`` and ``x2[j]``. `map_rows` runs the network on
-blocks of ``c`` rows of ``x1`` inside one compiled loop and writes each block
-into the ``(N1, N2) + S`` outputs in place, so every intermediate is
-``(c, N2) + S`` instead of ``(N1, N2) + S``: XLA's temporaries shrink by about
-``N1 / c`` (3-layer Erf net, 2000 x 2000: 68 MB -> 10 MB) and the blocks stay
-in cache. ``x2``'s own covariances are recomputed per block, which costs a
-fraction ``1 / c`` of the pair work; blocks are kept at >= `MIN_ROWS` rows.
+In a packable network (see `requirements.Requirements`) the entry ``(i, j)``
+of every output depends only on ``x1[i]`` and ``x2[j]``. `map_rows` runs the
+network on blocks of ``c`` rows of ``x1`` inside one compiled loop and writes
+each block into the ``(N1, N2) + S`` outputs in place, so every intermediate
+is ``(c, N2) + S`` instead of ``(N1, N2) + S``: XLA's temporaries shrink by
+about ``N1 / c`` and the blocks stay in cache. ``x2``'s own covariances are
+recomputed per block, which costs a fraction ``1 / c`` of the pair work;
+blocks are kept at >= `MIN_ROWS` rows.
 
-Inside a block the batch diagonal ``i == j`` sits at ``j == i + offset``; the
-few rules that need it ask `batch_diagonal_mask` in `covariance`, which reads
-the offset set by `row_offset`.
+Inside a block the batch diagonal ``i == j`` sits at ``j == i + offset``: the
+block's kernel carries the offset (`Kernel.row_offset`), and the few rules
+that need the diagonal ask `covariance.batch_diagonal_mask`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Optional
 
@@ -24,35 +23,17 @@ import jax.numpy as jnp
 
 from ..kernel import ARRAY_FIELDS, Kernel
 
-__all__ = ["choose_rows", "map_rows", "row_offset", "current_row_offset"]
+__all__ = ["choose_rows", "map_rows"]
 
 # Bytes of one (c, N2) + S block of one intermediate: small enough that a
 # layer's few live blocks sit in L2/L3, large enough that per-block overheads
-# (x2's covariances, loop steps) stay negligible. With the fused float32
-# atan2, 2^20 and 2^21 run the 3-layer Erf kernel (2000 x 784) equally fast
-# and 2^20 halves XLA's temporaries (11 -> 5 MB); 2^19 is 50% slower.
+# (x2's covariances, loop steps) stay negligible (measurements in
+# benchmarks/RESULTS.md).
 BLOCK_BYTES = 2 ** 20
 MIN_ROWS = 64
 
 # Kernel fields with one entry per sample of x1 (cut into row blocks).
 _ROW_FIELDS = ("nngp", "ntk", "cov1", "mask1")
-
-_OFFSETS: list = []
-
-
-@contextlib.contextmanager
-def row_offset(offset):
-  """While tracing a row block: its first row's index in ``x1``."""
-  _OFFSETS.append(offset)
-  try:
-    yield
-  finally:
-    _OFFSETS.pop()
-
-
-def current_row_offset():
-  """The traced row offset of the block being traced, or None."""
-  return _OFFSETS[-1] if _OFFSETS else None
 
 
 def choose_rows(n1: int, pair_elems: int, itemsize: int) -> Optional[int]:
@@ -81,8 +62,8 @@ def _kernels(fn, *trees):
 def map_rows(body: Callable, x1, rows: int):
   """``body(x1_block, offset) -> (out, flags, ok)`` over row blocks of x1.
 
-  ``out``: a `Kernel` (or a tree of them) for the block; ``flags``: a list of
-  boolean scalars; ``ok``: a boolean scalar. Returns the assembled ``out``
+  ``out``: a `Kernel` (or a tree of them) for the block; ``flags``: a pytree
+  of boolean scalars (`overflow.OverflowFlags`); ``ok``: a boolean scalar. Returns the assembled ``out``
   (row fields ``nngp``, ``ntk``, ``cov1``, ``mask1`` of all ``N1`` rows; the
   others, e.g. ``cov2``, from the last block, as every block has them equal)
   and ``flags``/``ok`` AND-ed over blocks.
@@ -119,11 +100,12 @@ def map_rows(body: Callable, x1, rows: int):
     offset = jnp.minimum(i * rows, n - rows)
     out, new_flags, new_ok = step(offset)
     bufs = _kernels(lambda b, v: merge(b, v, offset), bufs, out)
-    flags = [a & b for a, b in zip(flags, new_flags)]
+    flags = jax.tree_util.tree_map(jnp.logical_and, flags, new_flags)
     return bufs, flags, ok & new_ok
 
   init = (_kernels(empty, out_s),
-          [jnp.ones(f.shape, f.dtype) for f in flags_s], jnp.asarray(True))
+          jax.tree_util.tree_map(lambda f: jnp.ones(f.shape, f.dtype), flags_s),
+          jnp.asarray(True))
   out, flags, ok = jax.lax.fori_loop(0, n_blocks, loop, init)
 
   def full_shape(kk):

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from ..kernel import Kernel
 from . import sharing
-from .layer import KernelFn, Requirements, collect_finite_flags, record_flag
+from .kernel_fn import KernelFn
+from .overflow import FlagRecorder
+from .requirements import Requirements
 
 
 def _split(layers, name):
@@ -31,9 +33,11 @@ def _reqs_of(kernel_fn) -> Requirements:
                                                      "?")))
 
 
-def _apply(kernel_fn, k, **kwargs):
+def _apply(kernel_fn, k, flags: FlagRecorder, **kwargs):
+  """``kernel_fn`` on kernel ``k``; our layers record overflow in ``flags``
+  (the enclosing computation's)."""
   if isinstance(kernel_fn, KernelFn):
-    return kernel_fn.apply(k, **kwargs)
+    return kernel_fn.apply(k, flags, **kwargs)
   return kernel_fn(k, **kwargs)
 
 
@@ -61,14 +65,14 @@ def serial(*layers):
       inputs = f(p, inputs, rng=r, **kwargs)
     return inputs
 
-  def rule(k, **kwargs):
+  def rule(k, flags, **kwargs):
     for f in kernel_fns:
-      k = _apply(f, k, **kwargs)
+      k = _apply(f, k, flags, **kwargs)
     return k
 
   reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  kernel_fn = KernelFn(rule, reqs, f"serial({names})")
+  kernel_fn = KernelFn(rule, reqs, f"serial({names})", records_flags=True)
   sharing.record(kernel_fn, serial, layers)
   return init_fn, apply_fn, kernel_fn
 
@@ -92,16 +96,17 @@ def parallel(*layers):
     return [f(p, x, rng=r, **kwargs)
             for f, p, x, r in zip(apply_fns, params, inputs, rngs)]
 
-  def rule(ks, **kwargs):
+  def rule(ks, flags, **kwargs):
     if isinstance(ks, Kernel) or len(ks) != len(kernel_fns):
       got = 1 if isinstance(ks, Kernel) else len(ks)
       raise ValueError(f"parallel: expected {len(kernel_fns)} kernels (one "
                        f"per branch; use FanOut first); got {got}.")
-    return [_apply(f, k, **kwargs) for f, k in zip(kernel_fns, ks)]
+    return [_apply(f, k, flags, **kwargs) for f, k in zip(kernel_fns, ks)]
 
   reqs = functools.reduce(lambda a, b: a.both(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  return init_fn, apply_fn, KernelFn(rule, reqs, f"parallel({names})")
+  return init_fn, apply_fn, KernelFn(rule, reqs, f"parallel({names})",
+                                     records_flags=True)
 
 
 def repeat(layer, n: int):
@@ -136,29 +141,27 @@ def repeat(layer, n: int):
 
     return jax.lax.scan(step, inputs, params, n)[0]
 
-  def rule(k, **kwargs):
+  def rule(k, flags, **kwargs):
     if n == 0:
       return k
-    k = _apply(kernel_fn, k, **kwargs)  # fixes the carried structure
-
+    k = _apply(kernel_fn, k, flags, **kwargs)  # fixes the carried structure
     names = []
 
     def step(k, _):
-      # Overflow flags raised inside the loop body must leave it as scan
-      # outputs, not as tracers captured by the outer collector.
-      with collect_finite_flags() as recorded:
-        k = _apply(kernel_fn, k, **kwargs)
-      names[:] = [n for n, _ in recorded]
-      ok = jnp.asarray(True)
-      for _, flag in recorded:
-        ok = ok & flag
-      return k, ok
+      # The loop body's flags leave it as scan outputs (a recorder of its
+      # own), not as tracers of the body kept by the enclosing one.
+      body_flags = FlagRecorder()
+      k = _apply(kernel_fn, k, body_flags, **kwargs)
+      recorded = body_flags.result()
+      names[:] = recorded.names
+      return k, recorded.all_ok()
 
     k, oks = jax.lax.scan(step, k, None, n - 1)
     if names:
-      record_flag(names[0], jnp.all(oks))
+      flags.record(names[0], jnp.all(oks))
     return k
 
   name = f"repeat({getattr(kernel_fn, '__name__', '?')}, {n})"
   reqs = _reqs_of(kernel_fn)
-  return init_fn_repeat, apply_fn_repeat, KernelFn(rule, reqs, name)
+  return init_fn_repeat, apply_fn_repeat, KernelFn(rule, reqs, name,
+                                                   records_flags=True)

@@ -58,7 +58,7 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
   filter_shape = tuple(filter_shape)
   n_sp = len(filter_shape)
   strides = tuple(strides) if strides else (1,) * n_sp
-  padding = stencil._as_padding(padding)
+  padding = stencil.as_padding(padding)
   if dimension_numbers is None:
     dimension_numbers = default_dimension_numbers(n_sp)
   lhs_spec, rhs_spec, out_spec = dimension_numbers

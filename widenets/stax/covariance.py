@@ -16,12 +16,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import Kernel
-from . import chunking
+from . import packing
 
 
 def n_spatial(k: Kernel) -> int:
   """Number of spatial axes of the finite layer outputs."""
   return len(k.shape1) - 2 if k.channel_axis is not None else 0
+
+
+# -- exact zero angle on the batch diagonal ----------------------------------
+# Where x2 is x1, entry (i, i) of nngp pairs a covariance with the variances
+# it equals. Arc-cosine kernels turn a round-off gap there (the same numbers
+# from differently fused ops) into an angle of sqrt(eps), which deep networks
+# amplify. One remedy, used everywhere: (1) the variances of the same inputs
+# are read off nngp's own diagonal, `sample_diagonal` (the inputs' cov1/cov2
+# and `nngp_variances` for x2=None), so that the numbers are identical; and
+# (2) where an explicit x2 = x1 keeps them apart by an ulp per layer,
+# `snap_unit_gaps` treats a gap of a few ulps as exactly zero.
+
+# Gaps (in units of eps * sqrt(var1 var2)) `snap_unit_gaps` treats as
+# round-off: a true angle below sqrt(2 * 8 eps) (~1e-3 in float32) is not
+# resolvable from float32 covariances anyway.
+SNAP_ULPS = 8
+
+
+def sample_diagonal(mat):
+  """``mat[i, i, ...]`` of an ``(N, N, ...)`` covariance -> ``(N, ...)``."""
+  return jnp.moveaxis(jnp.diagonal(mat, axis1=0, axis2=1), -1, 0)
+
+
+def snap_unit_gaps(cov, s):
+  """``(s - cov, s + cov)`` with gaps of at most `SNAP_ULPS` ulps of ``s =
+  sqrt(var1 var2)`` set to exactly 0 (a correlation of +-1 up to round-off).
+  """
+  tol = SNAP_ULPS * jnp.finfo(jnp.result_type(cov, float)).eps * s
+  minus = jnp.where(s - cov <= tol, 0.0, s - cov)
+  plus = jnp.where(s + cov <= tol, 0.0, s + cov)
+  return minus, plus
 
 
 def spatial_diagonal(cov, batch_ndim: int, diagonal_spatial: bool):
@@ -31,7 +62,7 @@ def spatial_diagonal(cov, batch_ndim: int, diagonal_spatial: bool):
   taken too, so the result always has one batch axis.
   """
   if batch_ndim == 2:
-    cov = jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)
+    cov = sample_diagonal(cov)
   if diagonal_spatial:
     return cov
   for _ in range((cov.ndim - 1) // 2):
@@ -41,7 +72,7 @@ def spatial_diagonal(cov, batch_ndim: int, diagonal_spatial: bool):
   return cov
 
 
-def _expand(d, n_space: int, position: Optional[int], diagonal_spatial: bool):
+def expand(d, n_space: int, position: Optional[int], diagonal_spatial: bool):
   """Inserts singleton axes so spatial variances ``(..., X, Y)`` broadcast
   against a zipped layout: ``position`` 0 -> ``(X, 1, Y, 1)``, 1 ->
   ``(1, X, 1, Y)``."""
@@ -54,54 +85,6 @@ def _expand(d, n_space: int, position: Optional[int], diagonal_spatial: bool):
   return d.reshape(shape)
 
 
-# -- packed layout: upper-triangle blocks ------------------------------------
-# x2=None kernels are symmetric, K[j, i] = K[i, j] with spatial pairs swapped.
-# Cutting the N samples into B blocks of b and keeping the B (B + 1) / 2 block
-# pairs (bi <= bj) halves the work as B grows, while the per-layer gathers touch
-# only O(N B) variances (whole blocks), not O(N**2) entries.
-
-MAX_BLOCKS = 32
-
-
-def block_layout(n: int) -> tuple:
-  """``(B, b)``: B blocks of b samples, ``B * b >= n`` (inputs are padded).
-
-  Prefers an exact split (``B * b == n``, B within a factor 1.5 of
-  `MAX_BLOCKS`, b a multiple of 8 if possible): without padding the unpacked
-  kernel is the output itself, not a larger grid sliced into a copy (3-layer
-  Erf at n=2000: 32 MB less of XLA temporaries).
-  """
-  if n > MAX_BLOCKS:
-    exact = [d for d in range(int(MAX_BLOCKS / 1.5), int(MAX_BLOCKS * 1.5) + 1)
-             if n % d == 0 and n // d >= 8]
-    if exact:
-      best = min(exact, key=lambda d: ((n // d) % 8 != 0, abs(d - MAX_BLOCKS)))
-      return best, n // best
-  n_blocks = max(1, min(n, MAX_BLOCKS))
-  b = -(-n // n_blocks)
-  return -(-n // b), b
-
-
-def block_pairs(n_blocks: int):
-  """Block indices ``(bi, bj)`` of the upper triangle ``bi <= bj``."""
-  bi, bj = np.triu_indices(n_blocks)
-  return jnp.asarray(bi, jnp.int32), jnp.asarray(bj, jnp.int32)
-
-
-def pair_table(n_blocks: int):
-  """``(B, B)`` int32: the position in `block_pairs` of block ``(I, J)`` or,
-  below the diagonal, of ``(J, I)``."""
-  bi, bj = np.triu_indices(n_blocks)
-  table = np.empty((n_blocks, n_blocks), np.int32)
-  table[bi, bj] = table[bj, bi] = np.arange(len(bi))
-  return jnp.asarray(table)
-
-
-def _packed_geometry(k: Kernel):
-  b = k.nngp.shape[1]
-  return k.cov1.shape[0] // b, b
-
-
 def nngp_variances(k: Kernel):
   """``(var1, var2)`` broadcastable against ``k.nngp``.
 
@@ -110,41 +93,32 @@ def nngp_variances(k: Kernel):
   """
   ns = n_spatial(k)
   if k.cov2 is None:
-    # x2 is x1: read the variances off nngp's own diagonal, so entries
-    # (i, i) see exactly zero angle. cov1 holds the same numbers up to
-    # round-off from differently fused ops, which arc-cosine kernels would
-    # amplify to sqrt(eps).
+    # x2 is x1: variances from nngp's own diagonal (see `sample_diagonal`).
     d1 = spatial_diagonal(batch_diagonal(k), 1, k.diagonal_spatial)
   else:
     d1 = spatial_diagonal(k.cov1, k.cov_batch_ndim, k.diagonal_spatial)
   d2 = d1 if k.cov2 is None else spatial_diagonal(
       k.cov2, k.cov_batch_ndim, k.diagonal_spatial)
   if k.packed:
-    n_blocks, b = _packed_geometry(k)
-    bi, bj = block_pairs(n_blocks)
+    n_blocks, b = packing.packed_geometry(k)
+    bi, bj = packing.block_pairs(n_blocks)
     blocks = d1.reshape((n_blocks, b) + d1.shape[1:])
     v1 = blocks[bi][:, :, None]
     v2 = blocks[bj][:, None, :]
   else:
     v1, v2 = d1[:, None], d2[None, :]
-  return (_expand(v1, ns, 0, k.diagonal_spatial),
-          _expand(v2, ns, 1, k.diagonal_spatial))
+  return (expand(v1, ns, 0, k.diagonal_spatial),
+          expand(v2, ns, 1, k.diagonal_spatial))
 
 
 def batch_diagonal(k: Kernel):
   """``nngp[i, i]`` for every ``i`` (``k`` describes ``x2 = x1``)."""
   if k.packed:
-    n_blocks, b = _packed_geometry(k)
-    diag_blocks = k.nngp[jnp.asarray(_diagonal_block_positions(n_blocks))]
+    n_blocks, b = packing.packed_geometry(k)
+    diag_blocks = k.nngp[jnp.asarray(packing.diagonal_block_positions(n_blocks))]
     d = jnp.moveaxis(jnp.diagonal(diag_blocks, axis1=1, axis2=2), -1, 1)
     return d.reshape((n_blocks * b,) + d.shape[2:])
-  return jnp.moveaxis(jnp.diagonal(k.nngp, axis1=0, axis2=1), -1, 0)
-
-
-def _diagonal_block_positions(n_blocks: int) -> np.ndarray:
-  """Positions of the block pairs ``(bi, bi)`` in the packed order."""
-  i = np.arange(n_blocks)
-  return i * n_blocks - i * (i - 1) // 2
+  return sample_diagonal(k.nngp)
 
 
 def cov_variances(k: Kernel, cov):
@@ -155,8 +129,8 @@ def cov_variances(k: Kernel, cov):
     d_a, d_b = d[:, None], d[None, :]
   else:
     d_a = d_b = d
-  return (_expand(d_a, ns, 0, k.diagonal_spatial),
-          _expand(d_b, ns, 1, k.diagonal_spatial))
+  return (expand(d_a, ns, 0, k.diagonal_spatial),
+          expand(d_b, ns, 1, k.diagonal_spatial))
 
 
 PairFn = Callable[..., tuple]
@@ -191,75 +165,19 @@ def map_all(k: Kernel, fn: Callable, ntk: bool = True) -> Kernel:
       ntk=fn(k.ntk) if ntk and k.ntk is not None and jnp.ndim(k.ntk) else k.ntk)
 
 
-def swap_spatial_pairs(mat, batch_ndim: int, diagonal_spatial: bool):
-  """``K[.., x, x', y, y']`` -> ``K[.., x', x, y', y]`` (the transposed pair)."""
-  if diagonal_spatial or mat.ndim == batch_ndim:
-    return mat
-  n = (mat.ndim - batch_ndim) // 2
-  perm = list(range(batch_ndim))
-  for a in range(n):
-    perm += [batch_ndim + 2 * a + 1, batch_ndim + 2 * a]
-  return jnp.transpose(mat, perm)
-
-
 def batch_diagonal_mask(k: Kernel):
   """Boolean, broadcastable to ``nngp``: True where ``i == j``."""
   extra = (1,) * (k.nngp.ndim - k.batch_ndim)
   if k.packed:
-    n_blocks, b = _packed_geometry(k)
-    bi, bj = block_pairs(n_blocks)
+    n_blocks, b = packing.packed_geometry(k)
+    bi, bj = packing.block_pairs(n_blocks)
     mask = (bi == bj)[:, None, None] & jnp.eye(b, dtype=bool)
     return mask.reshape(mask.shape + extra)
   n1, n2 = k.nngp.shape[:2]
-  offset = chunking.current_row_offset()
-  if offset is None:
+  if k.row_offset is None:
     return jnp.eye(n1, n2, dtype=bool).reshape((n1, n2) + extra)
   # A row block of x1 (see `chunking`): its row i is sample i + offset.
-  mask = jnp.arange(n1)[:, None] + offset == jnp.arange(n2)[None, :]
+  mask = jnp.arange(n1)[:, None] + k.row_offset == jnp.arange(n2)[None, :]
   return mask.reshape((n1, n2) + extra)
 
 
-def pack(k: Kernel) -> Kernel:
-  """Keeps only the upper-triangle block pairs of a symmetric kernel.
-
-  ``k.nngp`` must be ``(n, n) + S`` with ``n == B * b`` of `block_layout`.
-  """
-  n = k.nngp.shape[0]
-  n_blocks, b = block_layout(n)
-  if n_blocks * b != n:
-    raise ValueError(f"pack: {n} samples do not fill {n_blocks} blocks of "
-                     f"{b}; pad the inputs first.")
-  bi, bj = block_pairs(n_blocks)
-
-  def take(m):
-    if m is None or jnp.ndim(m) == 0:
-      return m
-    m = m.reshape((n_blocks, b, n_blocks, b) + m.shape[2:])
-    return jnp.moveaxis(m, 2, 1)[bi, bj]
-
-  return k.replace(nngp=take(k.nngp), ntk=take(k.ntk), packed=True)
-
-
-def unpack(k: Kernel) -> Kernel:
-  """Inverse of `pack`: mirrors ``K[j, i] = K[i, j]`` with spatial pairs
-  swapped."""
-  n_blocks, b = _packed_geometry(k)
-  # Every block (I, J) of the full grid gathered from its packed pair, and
-  # transposed below the diagonal: one gather and a select per field (a
-  # scatter into a zero grid kept one more full-size temporary per field).
-  pair = pair_table(n_blocks)
-  below = jnp.asarray(np.arange(n_blocks)[:, None] > np.arange(n_blocks))
-
-  def full(p):
-    if p is None or jnp.ndim(p) == 0:
-      return p
-    rest = p.shape[3:]
-    blocks = p[pair]  # (B, B, b, b) + rest
-    mirrored = jnp.swapaxes(swap_spatial_pairs(blocks, 4, k.diagonal_spatial),
-                            2, 3)
-    mask = below.reshape(below.shape + (1,) * (blocks.ndim - 2))
-    out = jnp.where(mask, mirrored, blocks)
-    out = jnp.moveaxis(out, 1, 2)
-    return out.reshape((n_blocks * b, n_blocks * b) + rest)
-
-  return k.replace(nngp=full(k.nngp), ntk=full(k.ntk), packed=False)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from ..kernel import Kernel
 from . import covariance
-from .layer import Requirements, layer
+from .layer import layer
+from .requirements import Requirements
 from .sharing import hyperparameters
 
 

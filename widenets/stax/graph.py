@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..axes import spatial_axes
 from ..kernel import Kernel
 from .layer import Requirements, layer
 
@@ -60,7 +61,7 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0,
   def agg_axes(ndim):
     b, c = batch_axis % ndim, channel_axis % ndim
     if aggregate_axis is None:
-      return tuple(i for i in range(ndim) if i not in (b, c)), b, c
+      return spatial_axes(ndim, b, c), b, c
     axes = (aggregate_axis,) if isinstance(aggregate_axis, int) else tuple(
         aggregate_axis)
     return tuple(sorted(a % ndim for a in axes)), b, c
@@ -123,7 +124,7 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0,
       p1 = p2 if p1 is None else p1
     ndim = len(k.shape1)
     axes, b, c = agg_axes(ndim)
-    spatial = [i for i in range(ndim) if i not in (b, c)]
+    spatial = list(spatial_axes(ndim, b, c))
     sp_agg = [spatial.index(a) for a in axes]
     sizes = k.nngp.shape[k.batch_ndim::2]
     agg_shape = tuple(sizes[s] for s in sp_agg)
@@ -211,7 +212,7 @@ def DotGeneral(*, lhs=None, rhs=None,
     if k.diagonal_spatial:
       raise ValueError("DotGeneral: needs full spatial covariances.")
     letters = iter("abdefghijklmopqrstuvwxyz")
-    spatial = [i for i in range(n) if i not in (b, c)]
+    spatial = spatial_axes(n, b, c)
     u = {a: next(letters) for a in spatial}
     p = {a: next(letters) for a in spatial}
     o_free = [j for j in range(other.ndim) if j not in oc + ob]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..axes import spatial_axes
 from ..kernel import Kernel
 from . import masking, stencil
 from .layer import Requirements, layer
@@ -84,11 +85,6 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
 
 # --- local and global pooling ----------------------------------------------
 
-def _spatial_axes_of(ndim: int, batch_axis: int, channel_axis: int) -> tuple:
-  skip = (batch_axis % ndim, channel_axis % ndim)
-  return tuple(i for i in range(ndim) if i not in skip)
-
-
 def window_geometry(name: str, window_shape, strides, padding,
                     batch_axis: int, channel_axis: int):
   """Shared by every windowed pooling layer (AvgPool, SumPool, MaxPool).
@@ -99,7 +95,7 @@ def window_geometry(name: str, window_shape, strides, padding,
   """
   window_shape = tuple(int(s) for s in window_shape)
   strides = tuple(strides) if strides else (1,) * len(window_shape)
-  padding = stencil._as_padding(padding)
+  padding = stencil.as_padding(padding)
   if len(strides) != len(window_shape):
     raise ValueError(f"{name}: window_shape {window_shape} and strides "
                      f"{strides} have different lengths.")
@@ -116,7 +112,7 @@ def window_geometry(name: str, window_shape, strides, padding,
 
   def init_fn(rng, input_shape):
     input_shape = tuple(input_shape)
-    axes = _spatial_axes_of(len(input_shape), batch_axis, channel_axis)
+    axes = spatial_axes(len(input_shape), batch_axis, channel_axis)
     windows = windows_for(tuple(input_shape[a] for a in axes))
     out = list(input_shape)
     for a, w in zip(axes, windows):
@@ -134,7 +130,7 @@ def _pool_layer(name: str, window_shape, strides, padding,
   edge_counts = normalize_edges and padding == stencil.Padding.SAME
 
   def apply_fn(params, inputs, **kwargs):
-    axes = _spatial_axes_of(inputs.ndim, batch_axis, channel_axis)
+    axes = spatial_axes(inputs.ndim, batch_axis, channel_axis)
     windows = windows_for(tuple(inputs.shape[a] for a in axes))
     dims, steps = [1] * inputs.ndim, [1] * inputs.ndim
     x = inputs
@@ -178,7 +174,7 @@ def _pool_layer(name: str, window_shape, strides, padding,
   def mask_fn(mask, input_shape):
     ndim = len(input_shape)
     masking.check_position_mask(name, mask, channel_axis % ndim)
-    axes = _spatial_axes_of(ndim, batch_axis, channel_axis)
+    axes = spatial_axes(ndim, batch_axis, channel_axis)
     windows = windows_for(tuple(input_shape[a] for a in axes))
     return masking.window_centres(mask, axes, windows)
 
@@ -228,7 +224,7 @@ def _global_pool_layer(name: str, batch_axis: int, channel_axis: int,
     return tuple(input_shape[i] for i in range(ndim) if i in keep), ()
 
   def apply_fn(params, inputs, mask=None, **kwargs):
-    axes = _spatial_axes_of(inputs.ndim, batch_axis, channel_axis)
+    axes = spatial_axes(inputs.ndim, batch_axis, channel_axis)
     if average:
       if mask is None:
         return jnp.mean(inputs, axes)
@@ -274,7 +270,7 @@ def _global_pool_layer(name: str, batch_axis: int, channel_axis: int,
   def mask_fn(mask, input_shape):
     ndim = len(input_shape)
     masking.check_position_mask(name, mask, channel_axis % ndim)
-    return jnp.all(mask, _spatial_axes_of(ndim, batch_axis, channel_axis))
+    return jnp.all(mask, spatial_axes(ndim, batch_axis, channel_axis))
 
   return init_fn, apply_fn, rule, Requirements(
       readout=True, diagonal_spatial_ok=False, blocker=name,

@@ -21,21 +21,19 @@ Only the trailing spatial axes are touched, so the same code runs on full
 ``(N1, N2)``, sample-diagonal ``(N1,)`` and packed ``(N(N+1)/2,)`` batch
 layouts.
 
-Speed and memory (profiled on CPU, 4-layer CNN on 8x8 images): the diagonal
-stencil over a zipped pair ``(x, x')`` is a `lax.reduce_window` on the
-flattened pair with window dilation ``X + 1`` (the step ``(1, 1)``), one axis
-pair at a time. That was ~5x faster than `lax.conv_general_dilated` with a
-0/1 ``f x f`` filter over the ``(X, X')`` plane (1 input channel, most taps
-zero). A plain sum of shifted slices was as fast but let XLA re-fuse each
-layer's elementwise work into the next layer's fusions, keeping every
-layer's buffers alive (4.6x the temporary memory); the reduce-window
-boundary materializes each layer once.
+The diagonal stencil over a zipped pair ``(x, x')`` is a `lax.reduce_window`
+on the flattened pair with window dilation ``X + 1`` (the step ``(1, 1)``),
+one axis pair at a time: a convolution with a 0/1 filter over the
+``(X, X')`` plane wastes most taps, and a plain sum of shifted slices lets
+XLA re-fuse each layer's elementwise work into the next layer's fusions,
+keeping every layer's buffers alive; the reduce-window boundary materializes
+each layer once.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +42,7 @@ from jax import lax
 __all__ = ["Padding", "Window", "conv_windows", "transpose_windows",
            "pool_windows", "conv", "pool", "pool_counts", "local",
            "take_spatial_diagonal", "embed_spatial_diagonal", "pad_axes",
-           "fold_axes", "check_windows"]
+           "fold_axes", "check_windows", "as_padding"]
 
 
 class Padding(enum.Enum):
@@ -93,7 +91,7 @@ class Window:
     return self.fold or self.raw_out
 
 
-def _as_padding(padding) -> Padding:
+def as_padding(padding) -> Padding:
   if isinstance(padding, Padding):
     return padding
   try:
@@ -106,7 +104,7 @@ def _as_padding(padding) -> Padding:
 def conv_windows(in_shape: Sequence[int], filter_shape: Sequence[int],
                  strides: Sequence[int], padding) -> tuple:
   """Windows of a (shared or local) convolution or a pool over ``in_shape``."""
-  padding = _as_padding(padding)
+  padding = as_padding(padding)
   mode = "VALID" if padding == Padding.VALID else "SAME"
   pads = lax.padtype_to_pads(tuple(in_shape), tuple(filter_shape),
                              tuple(strides), mode)
@@ -134,7 +132,7 @@ def transpose_windows(in_shape: Sequence[int], filter_shape: Sequence[int],
                       strides: Sequence[int], padding) -> tuple:
   """Windows of a transposed convolution (`lax.conv_transpose` semantics;
   CIRCULAR: the VALID result wrapped onto the SAME output size)."""
-  padding = _as_padding(padding)
+  padding = as_padding(padding)
   out = []
   for n, f, s in zip(in_shape, filter_shape, strides):
     if padding == Padding.CIRCULAR:

@@ -5,7 +5,6 @@ from .custom import Elementwise, ElementwiseNumerical
 from .erf import Erf, Sigmoid_like
 from .exp import Exp, ExpNormalized, Gabor, Gaussian
 from .gelu import Gelu
-from .maxpool import MaxPool
 from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial
 from .smooth import Mish, Silu, Softplus, Swish, Tanh
 from .trig import Cos, Rbf, Sin

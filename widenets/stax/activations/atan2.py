@@ -1,12 +1,11 @@
 """``arctan2`` for the angle-based kernels (Erf, ReLU family, GELU, ...).
 
 Every closed-form kernel of the arcsine / arccosine families evaluates one
-``arctan2`` per covariance entry, and on XLA's CPU backend the float32
-``atan2`` costs about 15 ms per 4M entries on two cores: half the whole
-``(2000, 784) x (784, 2000)`` input product, once per layer. `atan2` below
+``arctan2`` per covariance entry, and XLA's CPU float32 ``atan2`` is as
+costly as a large part of the input product, once per layer. `atan2` below
 computes it in float32 with a small rational function instead (multiplies,
 adds, two divisions and selects), which XLA fuses with the surrounding kernel
-math: the Erf layer's rule drops from about 17 to 3 ms on (2000, 2000).
+math.
 
 Method (standard octant reduction): with ``a = |y|``, ``b = |x|``,
 ``t = min(a, b) / max(a, b)`` lies in ``[0, 1]``; above ``tan(pi / 8)`` it is
@@ -51,14 +50,13 @@ _PI_4, _PI_2, _PI = _split(np.pi / 4), _split(np.pi / 2), _split(np.pi)
 def _atan2_float32(y: jax.Array, x: jax.Array) -> jax.Array:
   # How XLA sees this matters as much as the flop count:
   # - min / max rather than selects, and few reuses of each intermediate,
-  #   keep it in one loop fusion (a select-based version was split into
-  #   seven, each writing a full-size temporary);
+  #   keep it in one loop fusion (selects split it into several, each
+  #   writing a full-size temporary);
   # - the octant is restored inside the numerator of one final division,
   #   ``(C Q + S u P) / Q``: XLA does not duplicate a division into several
-  #   consumers, so the angle is computed once per layer. Ending in cheap
-  #   selects instead let XLA defer every layer's polynomial into the NTK's
-  #   last fusion, holding two full-size arrays per layer alive until the
-  #   end (20-layer ReLU: 1.6 s instead of 0.95 s).
+  #   consumers, so the angle is computed once per layer (cheap selects at
+  #   the end would let XLA defer every layer's polynomial into the NTK's
+  #   last fusion, keeping two full-size arrays per layer alive).
   a, b = jnp.abs(y), jnp.abs(x)
   num, den = jnp.minimum(a, b), jnp.maximum(a, b)
   mid = num > _TAN_PI_8 * den

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 
 from ...kernel import Kernel
 from .. import covariance
-from ..layer import KernelOverflowError, record_finite, KernelFn, Requirements
+from ..layer import make_layer
+from ..overflow import FlagRecorder, KernelOverflowError
+from ..requirements import Requirements
 from .atan2 import atan2
 
 # ``pair_rule(cov, var1, var2, ntk) -> (new_cov, new_ntk)``.
@@ -41,7 +43,7 @@ def check_callable(name: str, arg: str, value, optional: bool = False) -> None:
         f"{type(value).__name__} {value!r}.")
 
 
-def check_overflow(name: str, k: Kernel) -> None:
+def check_overflow(name: str, k: Kernel, flags: FlagRecorder) -> None:
   """Flags this layer's output for `KernelOverflowError` if not finite.
 
   Checks only ``cov1``/``cov2`` (by Cauchy-Schwarz the largest NNGP entries,
@@ -49,7 +51,7 @@ def check_overflow(name: str, k: Kernel) -> None:
   (e.g. Erf with large W_std) is caught by the final output check of
   `KernelFn`.
   """
-  record_finite(name, k.cov1, k.cov2)
+  flags.record_finite(name, k.cov1, k.cov2)
 
 
 def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
@@ -80,7 +82,7 @@ def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
       raise NotImplementedError(f"{name} has no finite-width apply_fn.")
     return fn(inputs)
 
-  def rule(k: Kernel, **kwargs) -> Kernel:
+  def rule(k: Kernel, flags: FlagRecorder, **kwargs) -> Kernel:
     require_gaussian(name, k)
     finish = None
     if prepare is not None:
@@ -89,17 +91,11 @@ def elementwise_layer(fn: Optional[Callable], name: str, pair_rule: PairRule,
     if finish is not None:
       k = finish(k)
     if may_overflow:
-      check_overflow(name, k)
+      check_overflow(name, k, flags)
     return k.replace(is_gaussian=False)
 
-  from ..masking import masked_apply  # mask_constant / MaskedArray inputs
-  apply_fn = masked_apply(apply_fn, None)
-  for f in (init_fn, apply_fn):
-    f.__name__ = name
-  # Built by hand rather than with `@layer`, so that the layer's name in
-  # messages is ``name`` itself.
-  return init_fn, apply_fn, KernelFn(rule, Requirements(), name,
-                                     init_fn=init_fn, masks=True)
+  return make_layer(name, init_fn, apply_fn, rule, Requirements(),
+                    records_flags=True)
 
 
 def homogeneous_rescale(k: Kernel):
@@ -164,19 +160,8 @@ def sine_and_angle(cov, var1, var2):
   FMA round-off whose square root is ``sqrt(eps)``.
   """
   s = safe_sqrt(var1 * var2)
-  # A correlation within a few ulps of +-1 is round-off of an exact +-1 (the
-  # same input reached through differently fused ops, e.g. ``x2 = x1`` passed
-  # explicitly, where cov1 and nngp's diagonal drift apart by an ulp per
-  # layer); the square root of such a gap is sqrt(eps)-sized noise that deep
-  # networks amplify. Snap it to exactly +-1.
-  tol = _SNAP_ULPS * jnp.finfo(jnp.result_type(cov, float)).eps * s
-  minus = jnp.where(s - cov <= tol, 0.0, s - cov)
-  plus = jnp.where(s + cov <= tol, 0.0, s + cov)
+  # A gap of a few ulps is round-off of an exact +-1 correlation (see
+  # `covariance.snap_unit_gaps`).
+  minus, plus = covariance.snap_unit_gaps(cov, s)
   root = safe_sqrt(minus * plus)
   return root, safe_arctan2(root, cov)
-
-
-# Gaps (in units of eps * sqrt(var1 var2)) treated as round-off by
-# `sine_and_angle`: a true angle below sqrt(2 * 8 eps) (~1e-3 in float32) is
-# not resolvable from float32 covariances anyway.
-_SNAP_ULPS = 8

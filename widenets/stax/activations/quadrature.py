@@ -70,8 +70,7 @@ def bivariate_expectations(outer: Callable, inner: Callable, cov, var1,
   def body(acc, node):
     xi, wi = node
     # The sum over the inner nodes, unrolled with constant nodes: XLA fuses
-    # it into one elementwise loop over the kernel (on CPU ~25x faster than
-    # a reduction over a stacked (deg,) + shape axis, and no stacked copy).
+    # it into one elementwise loop over the kernel (no stacked copy).
     base = slope * xi
     sums = None
     for xj, wj in zip(x, w):

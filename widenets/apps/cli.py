@@ -8,7 +8,6 @@ status 2; set ``WIDENETS_TRACEBACK=1`` to see the full traceback instead.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -82,7 +81,7 @@ def load_architecture(arch: str, name: Optional[str] = None):
   The file must define ``network`` (a triple, or a function returning one),
   or ``init_fn``/``apply_fn``/``kernel_fn``; ``name`` picks another attribute.
   """
-  from . import spec
+  from .. import spec
   if arch.endswith(".py"):
     if not os.path.isfile(arch):
       raise CLIError(f"architecture file {arch!r} not found.")
@@ -132,7 +131,7 @@ def _kernel(args) -> int:
   use_store = out.endswith(".zarr") or os.path.isdir(out)
   progress = (_progress_line if args.progress else False)
   try:
-    from .batching import batch
+    from ..batching import batch
   except ImportError:  # pragma: no cover - batching is part of the package
     batch = None
   if use_store and batch is None:
@@ -255,7 +254,7 @@ def _demo(args) -> int:
 
 # ----------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-  from . import __version__
+  from .. import __version__
   p = argparse.ArgumentParser(
       prog="widenets",
       description="Infinitely wide neural networks: kernels, predictions and "

@@ -75,7 +75,7 @@ def one_hot(labels, n_classes: int) -> np.ndarray:
 def compute_kernels(kernel_fn, x_train, x_test, batch_size: int = 50,
                     get=("nngp", "ntk"), progress=None):
   """Train-train and test-train kernels, block by block (`batch`)."""
-  from .batching import batch
+  from ..batching import batch
   kb = batch(kernel_fn, batch_size, progress=progress or False)
   k_dd = kb(x_train, None, get)
   k_td = kb(x_test, x_train, get)
@@ -118,7 +118,7 @@ def evaluate(architectures: Optional[Mapping[str, str]] = None,
   Returns:
     One `Row` per architecture and kernel.
   """
-  from . import predict, spec as spec_lib
+  from .. import predict, spec as spec_lib
   architectures = dict(architectures or DEFAULT_ARCHITECTURES)
   x_train, y_train, x_test, y_test = data if data is not None else \
       load_digits()

@@ -21,7 +21,8 @@ Monte-Carlo error alone is about ``1/sqrt(n)`` and ``1/sqrt(2n)``.
 prediction is within 0.01 spreads of its limit (the first such time at or
 after the last finite ``t``; the exact limit needs infinitely many steps).
 
-Run with ``python -m widenets.demo`` (or ``widenets demo``, or ``make demo``).
+Run with ``python -m widenets.apps.demo`` (or ``widenets demo``, or
+``make demo``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import predict, stax
+from .. import predict, stax
 
 __all__ = ["seed_network", "make_data", "train_ensemble", "agreement",
            "run", "main", "DemoResult"]
@@ -256,7 +257,7 @@ def run(times: Sequence[float] = (0, 10, 100, math.inf), n_nets: int = 100,
 
 def _figure(out, times, x_train, y_train, x_test, y_test, mean, std, outs,
             predict_fn, kernel_fn, t_train) -> str:
-  from . import plot
+  from .. import plot
   n = len(times)
   fig, axes = plot.new_figure(n + 2, ncols=min(n + 2, 3))
   plot.posterior(x_test, mean, std, times=times, x_train=x_train,
@@ -276,9 +277,10 @@ def _figure(out, times, x_train, y_train, x_test, y_test, mean, std, outs,
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None):
-  """The demo's options (shared by ``python -m widenets.demo`` and the CLI)."""
+  """The demo's options (shared by ``python -m widenets.apps.demo`` and the
+  CLI)."""
   p = parser or argparse.ArgumentParser(
-      prog="python -m widenets.demo", description=__doc__.split("\n")[0])
+      prog="python -m widenets.apps.demo", description=__doc__.split("\n")[0])
   p.add_argument("--out", default="demo.png",
                  help="PNG figure to write (default: demo.png)")
   p.add_argument("--nets", type=int, default=100,

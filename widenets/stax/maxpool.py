@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ...kernel import Kernel
-from .. import stencil
-from ..pooling import _spatial_axes_of, window_geometry
-from ..layer import Requirements, layer
-from .base import check_callable, require_gaussian
+from ..axes import spatial_axes
+from ..kernel import Kernel
+from . import stencil
+from .pooling import window_geometry
+from .layer import Requirements, layer
+from .activations.base import check_callable, require_gaussian
 
 
 def window_indices(windows: Sequence[stencil.Window]):
@@ -186,7 +187,7 @@ def MaxPool(window_shape: Sequence[int],
   act = (lambda x: x) if fn is None else fn
 
   def apply_fn(params, inputs, **kwargs):
-    axes = _spatial_axes_of(inputs.ndim, batch_axis, channel_axis)
+    axes = spatial_axes(inputs.ndim, batch_axis, channel_axis)
     windows = windows_for(tuple(inputs.shape[a] for a in axes))
     dims, steps = [1] * inputs.ndim, [1] * inputs.ndim
     x = inputs

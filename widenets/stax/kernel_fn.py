@@ -1,0 +1,310 @@
+"""`KernelFn`: the public ``kernel_fn`` of a layer or network.
+
+A layer's kernel rule is a pure function ``Kernel -> Kernel`` (or a list of
+kernels for branching layers). `KernelFn` runs it on a `Kernel`
+(``kernel_fn(kernel)``) or orchestrates a whole call on inputs
+(``kernel_fn(x1, x2=None, get=None, **kwargs)``) as one compiled computation:
+
+1. the covariance layout (`requirements`) and the strategy: the packed
+   upper triangle for ``x2=None`` (`packing`), row blocks of ``x1``
+   (`chunking`), or the whole grid;
+2. the inputs' kernel (`inputs`), the layers' rules, and the unpacked,
+   trimmed outputs with only the fields ``get`` asks for;
+3. finiteness of inputs and outputs and the layers' overflow flags
+   (`overflow`), returned as values and checked after the call.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._tracing import StaticArgs
+from ..kernel import Kernel, check_get, get_from, same_inputs
+from . import chunking, masking, packing
+from .inputs import (inputs_to_kernel, is_kernel_tree, mask_inputs,
+                     validate_inputs)
+from .overflow import (FlagRecorder, OverflowFlags, all_finite, all_true,
+                       raise_on_overflow)
+from .requirements import Requirements
+
+__all__ = ["KernelFn", "output_shape"]
+
+# Keyword arguments that steer the whole computation rather than a layer.
+_CONTROL_KWARGS = ("diagonal_batch", "diagonal_spatial", "mask_constant",
+                   "batch_axis", "channel_axis")
+
+
+@functools.lru_cache(maxsize=4096)
+def _output_shape_cached(init_fn, in_shape):
+  captured = {}
+
+  def f(key):
+    out, params = init_fn(key, in_shape)
+    captured["shape"] = out
+    return params
+
+  jax.eval_shape(f, jax.random.PRNGKey(0))
+  return captured["shape"]
+
+
+def _freeze_shape(s):
+  if isinstance(s, (list, tuple)) and s and isinstance(s[0], (list, tuple)):
+    return tuple(_freeze_shape(x) for x in s)
+  return tuple(s)
+
+
+def output_shape(init_fn, in_shape):
+  """The output shape ``init_fn`` reports for ``in_shape``, without compute."""
+  return _output_shape_cached(init_fn, _freeze_shape(in_shape))
+
+
+def _has_masks(k) -> bool:
+  return any(kk.mask1 is not None or kk.mask2 is not None
+             for kk in jax.tree_util.tree_leaves(
+                 k, is_leaf=lambda l: isinstance(l, Kernel)))
+
+
+def _is_array(x) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int]) -> Kernel:
+  """An output kernel as the user sees it: unpacked and trimmed to the ``n``
+  samples (see `packing`), a dense ``ntk``, no layout fields of the
+  computation, and only the fields ``get`` asks for."""
+  if kk.packed:
+    kk = packing.trim_rows(packing.unpack(kk), n)
+  kk = kk.replace(row_offset=None)
+  if kk.ntk is not None and jnp.ndim(kk.ntk) == 0:
+    kk = kk.replace(ntk=jnp.broadcast_to(kk.ntk, kk.nngp.shape))
+  if get is not None:
+    # Drop what was not asked for, so XLA does not compute it.
+    kk = kk.replace(**{f: None for f in ("nngp", "ntk", "cov1", "cov2")
+                       if f not in get})
+  return kk
+
+
+class KernelFn:
+  """Public ``kernel_fn`` of a layer or network.
+
+  ``kernel_fn(x1, x2=None, get=None, **kwargs)`` on inputs, or
+  ``kernel_fn(kernel, **kwargs)`` on a `Kernel` from a previous layer.
+
+  Args of the call:
+    x1: ``(N1, ...)`` inputs (batch axis first unless the first layer says
+      otherwise; at least a batch and a feature axis), or a `Kernel`.
+    x2: ``(N2, ...)`` inputs or ``None`` (meaning ``x2 = x1``; only the
+      ``i <= j`` pairs are computed).
+    get: ``'nngp'``, ``'ntk'``, any `Kernel` field, a tuple of them (returns a
+      namedtuple in that order) or ``None`` (the whole `Kernel`).
+    diagonal_batch, diagonal_spatial: override the covariance layout.
+    mask_constant: inputs equal to it are masked (variable-length inputs).
+    **kwargs: passed to every layer (e.g. ``pattern=(p1, p2)``, ``rng``).
+
+  Raises `KernelOverflowError` naming the first layer whose kernel left the
+  floating-point range.
+
+  Construction: ``rule(kernel, **kwargs)``, or ``rule(kernel, flags,
+  **kwargs)`` with ``records_flags=True`` (``flags``: the computation's
+  `overflow.FlagRecorder`; combinators pass it on to their layers).
+  """
+
+  def __init__(self, rule: Callable, reqs: Requirements, name: str,
+               init_fn: Optional[Callable] = None, set_shapes: bool = True,
+               mask_rule: Any = None, masks: bool = False,
+               records_flags: bool = False):
+    self.rule = rule
+    # Primitive layers move masks (`masking.propagate`); combinators don't.
+    self._masks = masks
+    self._mask_rule = mask_rule
+    self._records_flags = records_flags
+    self.reqs = reqs
+    self.name = name
+    self.__name__ = name
+    self._init_fn = init_fn
+    self._set_shapes = set_shapes and init_fn is not None
+    self._jitted = jax.jit(self._compute, static_argnums=(3,))
+
+  def __repr__(self) -> str:
+    return f"<kernel_fn of {self.name}>"
+
+  # -- Kernel -> Kernel ----------------------------------------------------
+  def apply(self, k, flags: Optional[FlagRecorder] = None, /, **kwargs):
+    """Runs the rule on a `Kernel` (or list of them) and sets output shapes.
+
+    ``flags``: where layers record their overflow flags (a throwaway
+    recorder if None).
+    """
+    self._check_input(k)
+    if self._records_flags:
+      out = self.rule(k, FlagRecorder() if flags is None else flags,
+                      **kwargs)
+    else:
+      out = self.rule(k, **kwargs)
+    if self._set_shapes:
+      out = self._with_shapes(k, out)
+    if self._masks and _has_masks(k):
+      out = masking.propagate(k, out, self._mask_rule)
+    return out
+
+  def _check_input(self, k) -> None:
+    for kk in jax.tree_util.tree_leaves(
+        k, is_leaf=lambda l: isinstance(l, Kernel)):
+      if kk.diagonal_spatial and not self.reqs.diagonal_spatial_ok:
+        raise ValueError(
+            f"{self.name} needs covariances between all pairs of spatial "
+            f"positions, but got a kernel with diagonal_spatial=True "
+            f"(nngp shape {tuple(kk.nngp.shape)}). Call kernel_fn with "
+            f"diagonal_spatial=False.")
+      if kk.diagonal_batch and not self.reqs.diagonal_batch_ok:
+        raise ValueError(
+            f"{self.name} needs full sample-sample covariances; call "
+            f"kernel_fn with diagonal_batch=False.")
+
+  def _with_shapes(self, k_in, k_out):
+    if isinstance(k_in, Kernel):
+      s1, s2 = k_in.shape1, k_in.shape2
+    else:
+      s1 = [kk.shape1 for kk in k_in]
+      s2 = [kk.shape2 for kk in k_in]
+    o1 = output_shape(self._init_fn, s1)
+    o2 = output_shape(self._init_fn, s2)
+    if isinstance(k_out, Kernel):
+      return k_out.replace(shape1=tuple(o1), shape2=tuple(o2))
+    return [kk.replace(shape1=tuple(a), shape2=tuple(b))
+            for kk, a, b in zip(k_out, o1, o2)]
+
+  # -- public call -----------------------------------------------------------
+  def __call__(self, x1_or_kernel, x2=None, get=None, **kwargs):
+    get_t = check_get(get)
+    if is_kernel_tree(x1_or_kernel):
+      if x2 is not None:
+        raise ValueError(f"{self.name}: pass either a Kernel or inputs "
+                         f"(x1, x2), not a Kernel and x2.")
+      kw = {k: v for k, v in kwargs.items()
+            if k not in _CONTROL_KWARGS or v is not None}
+      return get_from(self.apply(x1_or_kernel, **kw), get)
+
+    x1 = x1_or_kernel
+    validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
+    config, dynamic = self._config(x1, x2, get_t, kwargs)
+    out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, config)
+    for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
+      if all_true([ok]) is False:
+        shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
+        raise ValueError(f"{self.name}: {label} of shape {shape} contains "
+                         f"NaN or infinite values.")
+    raise_on_overflow(self.name, flags, out_ok)
+    return get_from(out, get)
+
+  def _config(self, x1, x2, get_t, kwargs) -> tuple:
+    """``(static config, dynamic kwargs)`` of a call on inputs: the layout
+    and strategy (packed, row blocks or whole), static layer kwargs."""
+    kwargs = dict(kwargs)
+    diagonal_batch = kwargs.pop("diagonal_batch", None)
+    diagonal_spatial = kwargs.pop("diagonal_spatial", None)
+    mask_constant = kwargs.pop("mask_constant", None)
+    reqs = self.reqs
+    if diagonal_spatial and not reqs.diagonal_spatial_ok:
+      raise ValueError(
+          f"{self.name}: diagonal_spatial=True was asked for, but layer "
+          f"{reqs.blocker or '?'} needs covariances between all pairs "
+          f"of spatial positions. Use diagonal_spatial=False (the default).")
+    if diagonal_batch and not reqs.diagonal_batch_ok:
+      raise ValueError(f"{self.name}: diagonal_batch=True was asked for, but "
+                       f"the network needs full sample covariances.")
+    if diagonal_spatial is None:
+      diagonal_spatial = reqs.default_diagonal_spatial
+    if diagonal_batch is None:
+      diagonal_batch = reqs.diagonal_batch_ok
+
+    static, dynamic = {}, {}
+    for key, val in kwargs.items():
+      leaves = jax.tree_util.tree_leaves(val)
+      (dynamic if leaves and all(map(_is_array, leaves)) else static)[key] = val
+    # Pairs (i, j) independent of each other, and plain arrays in layout 0.
+    pairwise = (reqs.packable and diagonal_batch and mask_constant is None
+                and not dynamic and reqs.batch_axis in (None, 0))
+    packable = (pairwise and x2 is None and _is_array(x1) and
+                x1.shape[0] > 1)
+    row_chunk = None
+    if pairwise and x2 is not None and _is_array(x1) and _is_array(x2):
+      row_chunk = chunking.choose_rows(
+          x1.shape[0], x2.shape[0] * self._pair_entries(x1, diagonal_spatial),
+          jnp.dtype(jnp.result_type(x1.dtype, float)).itemsize)
+    config = StaticArgs(dict(
+        get=get_t, diagonal_batch=bool(diagonal_batch),
+        diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
+        packable=bool(packable), row_chunk=row_chunk,
+        static=tuple(sorted(static.items()))))
+    return config, dynamic
+
+  def _pair_entries(self, x1, diagonal_spatial: bool) -> int:
+    """Entries of ``nngp[i, j]`` at the inputs (the spatial covariances)."""
+    channel = -1 if self.reqs.channel_axis is None else self.reqs.channel_axis
+    spatial = [d for i, d in enumerate(x1.shape)
+               if i not in (0, channel % x1.ndim)]
+    size = int(np.prod(spatial)) if spatial else 1
+    return size if diagonal_spatial else size * size
+
+  # -- the compiled computation ----------------------------------------------
+  def _compute(self, x1, x2, dynamic, config: StaticArgs):
+    """``(outputs, OverflowFlags, (x1 finite, x2 finite), outputs finite)``.
+
+    Finiteness is checked inside the compiled call (fused reductions)
+    rather than by eager passes around it.
+    """
+    c = config.value
+    mask_constant = c["mask_constant"]
+    mask = (None if mask_constant is None
+            else lambda leaf: mask_inputs(leaf, mask_constant)[0])
+    inputs_ok = (all_finite(x1, mask), all_finite(x2, mask))
+    if c["row_chunk"]:
+      out, flags, out_ok = self._compute_rows(x1, x2, dynamic, c)
+      return out, flags, inputs_ok, out_ok
+    n = x1.shape[0] if c["packable"] else None
+    if c["packable"]:
+      x1 = packing.pad_rows(x1)
+    to_kernel = functools.partial(self._inputs_kernel, c)
+    if x2 is None:
+      k = jax.tree_util.tree_map(lambda a: to_kernel(a, None), x1)
+    else:
+      k = jax.tree_util.tree_map(to_kernel, x1, x2)
+    if c["packable"]:
+      k = packing.pack(k)
+    out, flags = self._evaluate(k, c, dynamic, n)
+    return out, flags, inputs_ok, all_finite(out)
+
+  def _compute_rows(self, x1, x2, dynamic, c):
+    """The whole network on row blocks of ``x1`` (see `chunking`)."""
+    x1_is_x2 = same_inputs(x1, x2) if np.shape(x1) == np.shape(x2) else False
+
+    def block(x1_rows, offset):
+      k = self._inputs_kernel(c, x1_rows, x2, x1_is_x2=x1_is_x2,
+                              row_offset=offset)
+      out, flags = self._evaluate(k, c, dynamic, None)
+      return out, flags, all_finite(out)
+
+    return chunking.map_rows(block, x1, c["row_chunk"])
+
+  def _inputs_kernel(self, c: dict, x1, x2, **kwargs) -> Kernel:
+    reqs = self.reqs
+    return inputs_to_kernel(
+        x1, x2, diagonal_batch=c["diagonal_batch"],
+        diagonal_spatial=c["diagonal_spatial"],
+        compute_ntk=c["get"] is None or "ntk" in c["get"],
+        batch_axis=0 if reqs.batch_axis is None else reqs.batch_axis,
+        channel_axis=-1 if reqs.channel_axis is None else reqs.channel_axis,
+        mask_constant=c["mask_constant"], **kwargs)
+
+  def _evaluate(self, k, c: dict, dynamic: dict, n: Optional[int]) -> tuple:
+    """``(outputs, OverflowFlags)`` of the layers on the inputs' kernel."""
+    flags = FlagRecorder()
+    out = self.apply(k, flags, **dict(c["static"]), **dynamic)
+    out = jax.tree_util.tree_map(lambda kk: _finish(kk, c["get"], n), out,
+                                 is_leaf=lambda l: isinstance(l, Kernel))
+    return out, flags.result()

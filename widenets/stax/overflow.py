@@ -1,0 +1,124 @@
+"""Finiteness checks of a kernel computation, as values it returns.
+
+Layers whose kernels can grow without bound (ReLU family, Exp, polynomials,
+and `repeat` loops of them) record an all-finite flag in the `FlagRecorder`
+that the computation passes to their rules explicitly (no module state, so
+kernel functions run concurrently from many threads). The flags leave the one
+compiled call as `OverflowFlags`, a pytree whose layer names are static (part
+of its tree structure) and whose flags are boolean scalars; no host callback
+splits XLA's fusions. After the call, `raise_on_overflow` names the first
+layer that overflowed in a `KernelOverflowError`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["KernelOverflowError", "OverflowFlags", "FlagRecorder",
+           "all_finite", "all_true", "raise_on_overflow"]
+
+
+class KernelOverflowError(FloatingPointError):
+  """A kernel left the floating-point range (e.g. float32 in a deep net with
+  large ``W_std``)."""
+
+
+@jax.tree_util.register_pytree_node_class
+class OverflowFlags:
+  """All-finite flags of the layers of one computation, in layer order.
+
+  ``names`` (static) are the layers' names, ``flags`` (leaves) boolean
+  scalars, True where that layer's kernel is finite.
+  """
+
+  def __init__(self, names: Sequence[str] = (), flags: Sequence = ()):
+    self.names = tuple(names)
+    self.flags = tuple(flags)
+
+  def tree_flatten(self):
+    return self.flags, self.names
+
+  @classmethod
+  def tree_unflatten(cls, names, flags):
+    return cls(names, flags)
+
+  def all_ok(self):
+    """One boolean scalar: every layer's kernel is finite."""
+    ok = jnp.asarray(True)
+    for flag in self.flags:
+      ok = ok & flag
+    return ok
+
+  def __repr__(self) -> str:
+    return f"OverflowFlags({dict(zip(self.names, self.flags))})"
+
+
+class FlagRecorder:
+  """Collects ``(layer name, all-finite flag)`` pairs while one computation
+  is traced; created by that computation and handed to its rules."""
+
+  def __init__(self):
+    self._names: list = []
+    self._flags: list = []
+
+  def record(self, name: str, flag) -> None:
+    """Records a precomputed all-finite ``flag`` for layer ``name``."""
+    self._names.append(name)
+    self._flags.append(jnp.asarray(flag, bool))
+
+  def record_finite(self, name: str, *arrays) -> None:
+    """Records whether ``arrays`` (``None`` skipped) are all finite."""
+    flag = jnp.asarray(True)
+    for a in arrays:
+      if a is not None:
+        flag = flag & jnp.all(jnp.isfinite(a))
+    self.record(name, flag)
+
+  def result(self) -> OverflowFlags:
+    return OverflowFlags(self._names, self._flags)
+
+
+def all_true(flags) -> Optional[bool]:
+  """Whether every flag is True; None when they are traced (under an outer
+  ``jit`` nothing is concrete to check)."""
+  try:
+    return all(bool(f) for f in flags)
+  except (jax.errors.ConcretizationTypeError,
+          jax.errors.TracerBoolConversionError):
+    return None
+
+
+def all_finite(tree, mask=None):
+  """One boolean: every inexact leaf of ``tree`` is finite.
+
+  ``mask(leaf) -> leaf`` replaces masked entries first (see
+  `inputs.mask_inputs`).
+  """
+  ok = jnp.asarray(True)
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+      if mask is not None:
+        leaf = mask(leaf)
+      ok = ok & jnp.all(jnp.isfinite(leaf))
+  return ok
+
+
+def raise_on_overflow(network: str, flags: OverflowFlags, out_ok) -> None:
+  """Raises `KernelOverflowError` naming the first layer whose flag is
+  False (``network`` if only the final output check failed)."""
+  ok = all_true(list(flags.flags) + [out_ok])
+  if ok is None or ok:
+    return
+  bad = [n for n, f in zip(flags.names, flags.flags) if not bool(f)]
+  dtype = jnp.result_type(float)
+  hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
+          "before building inputs, or reduce W_std / depth."
+          if jnp.finfo(dtype).bits <= 32 else "Reduce W_std / depth.")
+  raise KernelOverflowError(
+      f"{(bad or [network])[0]}: the kernel overflowed "
+      f"{np.dtype(dtype).name} (infinite or NaN variances or NTK; e.g. a "
+      f"deep network with large W_std, whose kernel grows geometrically with "
+      f"depth). {hint}")
