@@ -150,7 +150,7 @@ def repeat(layer, n: int):
     def step(k, _):
       # The loop body's flags leave it as scan outputs (a recorder of its
       # own), not as tracers of the body kept by the enclosing one.
-      body_flags = FlagRecorder()
+      body_flags = flags.child()
       k = _apply(kernel_fn, k, body_flags, **kwargs)
       recorded = body_flags.result()
       names[:] = recorded.names
