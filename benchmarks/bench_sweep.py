@@ -8,11 +8,6 @@ the workload runs the whole sweep (building the 40 networks included), so
 the whole program. ``kernel_fn`` is called as ``bench_core.user_kernel_fn``
 says (``BENCH_CALL``): a user writes ``jax.jit(kernel_fn, ...)`` per network,
 so under ``jit`` every value is a new program for both libraries.
-
-``wstd_sweep_40_shared``: the same sweep through
-``widenets.stax.sharing.shared_call`` (one program for the architecture, the
-hyperparameters traced arguments; widenets only, skipped where the library
-has no such module).
 """
 from __future__ import annotations
 
@@ -50,23 +45,6 @@ def wstd_sweep_40(lib):
   return sweep
 
 
-def wstd_sweep_40_shared(lib):
-  """The same sweep through one compiled program with traced W_std."""
-  import importlib
-  try:
-    sharing = importlib.import_module(lib.__name__ + ".stax.sharing")
-  except ImportError:
-    return None
-  x = np.random.RandomState(0).randn(N, DIM).astype(np.float32)
-
-  def sweep():
-    return [sharing.shared_call(_net(lib.stax, float(w))[2], x, None, "ntk")
-            for w in _values()]
-
-  return sweep
-
-
 WORKLOADS = {
     "wstd_sweep_40": wstd_sweep_40,
-    "wstd_sweep_40_shared": wstd_sweep_40_shared,
 }

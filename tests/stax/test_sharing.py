@@ -35,16 +35,27 @@ def _count_compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_sweep_compiles_one_program():
+def _reference(W_std, x1, x2, get, b_std=0.05, a=1.0):
+  """The kernel of `_net` computed by this network's own program."""
+  kernel_fn = _net(W_std, b_std, a)[2]
+  kernel_fn.architecture = None
+  return kernel_fn(x1, x2, get)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_sweep_compiles_one_program(jit):
   x = _x()
   values = np.linspace(0.5, 2.5, 6)
-  sharing.shared_call(_net(0.1)[2], x, None, "ntk")  # compiles
+  call = lambda k: (jax.jit(k, static_argnames="get") if jit else k)(
+      x, None, "ntk")
+  call(_net(0.1)[2])  # compiles
   with _count_compiles() as compiles:
-    out = [sharing.shared_call(_net(float(w))[2], x, None, "ntk")
-           for w in values]
-  assert compiles == []
+    out = [call(_net(float(w))[2]) for w in values]
+  # A user's own jax.jit of each network compiles its (small) outer
+  # program; the kernel computation inside is the one shared program.
+  assert len(compiles) == (len(values) if jit else 0)
   for w, k in zip(values, out):
-    np.testing.assert_allclose(k, _net(float(w))[2](x, None, "ntk"),
+    np.testing.assert_allclose(k, _reference(float(w), x, None, "ntk"),
                                rtol=2e-6, atol=1e-7)
 
 
@@ -55,9 +66,8 @@ def test_shared_equals_direct(x64, x2_seed):
     dtype = np.float64 if x64 else np.float32
     x1 = _x(dtype=dtype)
     x2 = None if x2_seed is None else _x(5, x2_seed, dtype)
-    kernel_fn = _net(1.3, 0.2, a=0.7)[2]
-    got = sharing.shared_call(kernel_fn, x1, x2, ("nngp", "ntk"))
-    want = kernel_fn(x1, x2, ("nngp", "ntk"))
+    got = _net(1.3, 0.2, a=0.7)[2](x1, x2, ("nngp", "ntk"))
+    want = _reference(1.3, x1, x2, ("nngp", "ntk"), 0.2, 0.7)
     tol = 1e-12 if x64 else 2e-6
     for g, w in zip(got, want):
       assert g.dtype == w.dtype
@@ -66,9 +76,9 @@ def test_shared_equals_direct(x64, x2_seed):
 
 def test_structure_keeps_non_hyperparameters_apart():
   x = _x()
-  with_bias = sharing.shared_call(_net(1.0, 0.3)[2], x, None, "nngp")
-  no_bias = sharing.shared_call(_net(1.0, None)[2], x, None, "nngp")
-  np.testing.assert_allclose(no_bias, _net(1.0, None)[2](x, None, "nngp"),
+  with_bias = _net(1.0, 0.3)[2](x, None, "nngp")
+  no_bias = _net(1.0, None)[2](x, None, "nngp")
+  np.testing.assert_allclose(no_bias, _reference(1.0, x, None, "nngp", None),
                              rtol=2e-6)
   assert not np.allclose(with_bias, no_bias)
 
@@ -85,7 +95,7 @@ def test_vmap_over_hyperparameters():
 
   got = jax.vmap(ntk)(values)
   for w, k in zip(values, got):
-    np.testing.assert_allclose(k, _net(float(w))[2](x, None, "ntk"),
+    np.testing.assert_allclose(k, _reference(float(w), x, None, "ntk"),
                                rtol=2e-6, atol=1e-7)
 
 
@@ -101,15 +111,26 @@ def test_grad_in_a_hyperparameter():
   np.testing.assert_allclose(g, fd, rtol=1e-2)
 
 
-def test_undeclared_layers_fall_back_to_a_plain_call():
+def test_undeclared_argument_is_structure():
+  # Sin's parameters are not declared: networks differing in them are
+  # different structures (own programs), never the first one's numbers.
   x = _x()
-  kernel_fn = stax.serial(stax.Dense(8, 1.5), stax.Relu(), stax.Dense(1))[2]
-  assert sharing.architecture(kernel_fn) is None
-  np.testing.assert_allclose(sharing.shared_call(kernel_fn, x, None, "ntk"),
-                             kernel_fn(x, None, "ntk"), rtol=1e-6)
+  k1 = stax.serial(stax.Dense(8, 1.5), stax.Sin(b=1.0), stax.Dense(1))[2]
+  k2 = stax.serial(stax.Dense(8, 1.5), stax.Sin(b=2.0), stax.Dense(1))[2]
+  assert (sharing.architecture(k1) is None or
+          sharing.architecture(k1).structure !=
+          sharing.architecture(k2).structure)
+  assert not np.allclose(k1(x, None, "ntk"), k2(x, None, "ntk"))
+
+
+def test_errors_name_the_layer_by_its_values():
+  kernel_fn = stax.serial(stax.Dense(8, W_std=1.5), stax.Erf(a=2.0),
+                          stax.Erf(a=3.0))[2]
+  with pytest.raises(ValueError, match=r"Erf\(3\.0.*Gaussian"):
+    kernel_fn(_x(), None, "nngp")
 
 
 def test_with_hyperparameters_needs_an_architecture():
-  kernel_fn = stax.serial(stax.Dense(8), stax.Relu())[2]
+  kernel_fn = stax.serial(stax.Dense(8), stax.Sin())[2]
   with pytest.raises(ValueError, match="no recorded architecture"):
     sharing.with_hyperparameters(kernel_fn, ())

@@ -34,7 +34,7 @@ import numpy as np
 
 from .._tracing import StaticArgs
 from ..kernel import Kernel, check_get, get_from, same_inputs
-from . import chunking, masking, packing
+from . import chunking, masking, packing, sharing
 from .inputs import (inputs_to_kernel, is_kernel_tree, mask_inputs,
                      validate_inputs)
 from .overflow import (FlagRecorder, OverflowFlags, all_finite, all_true,
@@ -224,7 +224,20 @@ class KernelFn:
     x1 = x1_or_kernel
     validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     config, dynamic = self._config(x1, x2, get_t, kwargs)
-    out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, config)
+    node = sharing.architecture(self)
+    result = None
+    if node is not None and sharing.concrete(node.hyper):
+      # One program for every network of this structure (see `sharing`).
+      try:
+        result = sharing.compute(node, x1, x2, dynamic, config)
+      except Exception:  # noqa: BLE001 - rerun below: its own message
+        # A layer that cannot take traced hyperparameters, or bad input:
+        # this network's own program (errors then name its layers by
+        # their values).
+        result = None
+    if result is None:
+      result = self._jitted(x1, x2, dynamic, config)
+    out, flags, inputs_ok, out_ok = result
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if all_true([ok]) is False:
         shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)

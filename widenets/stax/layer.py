@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from . import masking
+from . import masking, sharing
 from .kernel_fn import KernelFn
 from .requirements import Requirements
 
@@ -49,6 +49,10 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
   function returns the public triple with a `KernelFn` (see `make_layer`),
   named after ``fn`` and its arguments. An optional fifth element, a
   `masking.MaskRule`, says how the layer moves masks.
+
+  The ``kernel_fn`` records its `sharing.Architecture` with every argument
+  structural; declare float hyperparameters with `sharing.hyperparameters`
+  above ``@layer`` so that networks differing only in them share a program.
   """
 
   @functools.wraps(fn)
@@ -58,7 +62,7 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
                       apply_fn, rule, reqs,
                       mask_rule[0] if mask_rule else None)
 
-  return make
+  return sharing.hyperparameters()(make)
 
 
 def _layer_name(base: str, args, kwargs) -> str:

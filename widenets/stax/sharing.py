@@ -5,18 +5,15 @@ A layer constructor decorated with `hyperparameters` records, on the
 (``W_std``, ``b_std``, activation parameters...) as a pytree, a hashable
 *structure* (the layer kind and every other argument), and how to rebuild
 the layer from other hyperparameter values. Combinators record their
-children's nodes. `shared_call` then runs ``kernel_fn`` through one
-module-level ``jax.jit`` whose static key is the structure and whose traced
-arguments are the hyperparameters: networks that differ only in those values
-share one program, a sweep compiles once, and ``jax.vmap`` / ``jax.grad``
-over the hyperparameters work (`with_hyperparameters`).
+children's nodes. A ``kernel_fn`` call on inputs then runs through one
+module-level ``jax.jit`` (`compute`) whose static key is the structure and
+whose traced arguments are the hyperparameters: networks that differ only in
+those values share one program, a sweep compiles once, and ``jax.vmap`` /
+``jax.grad`` over the hyperparameters work (`with_hyperparameters`).
 
 Correctness does not depend on every float being declared: an undeclared
 argument is part of the structure, so a network differing in it gets its own
 program (as without sharing).
-
-Prototype for issue 15 (item 2); `KernelFn.__call__` is to dispatch here
-once the call orchestration takes hyperparameters as arguments.
 """
 from __future__ import annotations
 
@@ -29,8 +26,10 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+from .._tracing import is_concrete
+
 __all__ = ["hyperparameters", "record", "Architecture", "architecture",
-           "shared_call", "with_hyperparameters"]
+           "compute", "concrete", "with_hyperparameters"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,34 +156,35 @@ class _Key:
     return isinstance(other, _Key) and self.structure == other.structure
 
 
-@functools.partial(jax.jit, static_argnames=("key", "get", "static_kwargs"))
-def _run(x1, x2, hyper, dynamic, key, get, static_kwargs):
-  kernel_fn = key.node.rebuild(hyper)[2]
-  return kernel_fn(x1, x2, get, **dict(static_kwargs), **dynamic)
+def concrete(hyper) -> bool:
+  """Whether every hyperparameter holds a value (not a tracer: a network
+  built inside the user's own ``jit``/``vmap`` runs as it is)."""
+  return all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(hyper))
 
 
-def shared_call(kernel_fn, x1, x2=None, get=None, **kwargs):
-  """``kernel_fn(x1, x2, get, **kwargs)`` through the program shared by all
-  networks of ``kernel_fn``'s structure (a plain call if none was
-  recorded)."""
-  node = architecture(kernel_fn)
-  if node is None:
-    return kernel_fn(x1, x2, get, **kwargs)
-  dynamic = {k: v for k, v in kwargs.items()
-             if isinstance(v, (jax.Array, np.ndarray))}
-  static = tuple(sorted((k, v) for k, v in kwargs.items()
-                        if k not in dynamic))
-  # Python floats are traced (weakly typed) jit arguments: no new program
-  # per value.
-  return _run(x1, x2, node.hyper, dynamic, _Key(node),
-              get if get is None or isinstance(get, str) else tuple(get),
-              static)
+@functools.partial(jax.jit, static_argnames=("key", "config"))
+def _compute(x1, x2, dynamic, hyper, key, config):
+  # Traced once per structure (and shapes, config): the network rebuilt with
+  # traced hyperparameters computes what any network of this structure does.
+  return key.node.rebuild(hyper)[2]._compute(x1, x2, dynamic, config)
+
+
+def compute(node: Architecture, x1, x2, dynamic, config):
+  """`KernelFn._compute` of the network ``node`` describes, through the one
+  program of its structure (Python-number hyperparameters become weakly
+  typed traced arguments: no program per value)."""
+  # Python ints as floats: a traced hyperparameter computes as the number
+  # the rule would have seen, not as an integer array.
+  hyper = jax.tree_util.tree_map(
+      lambda v: float(v) if isinstance(v, numbers.Integral) else v,
+      node.hyper)
+  return _compute(x1, x2, dynamic, hyper, _Key(node), config)
 
 
 def with_hyperparameters(kernel_fn, hyper):
   """The ``kernel_fn`` of the same architecture with hyperparameters
   ``hyper`` (a pytree like ``architecture(kernel_fn).hyper``; leaves may be
-  traced, e.g. under ``jax.vmap``)."""
+  traced, e.g. under ``jax.vmap`` or ``jax.grad``)."""
   node = architecture(kernel_fn)
   if node is None:
     raise ValueError(f"{getattr(kernel_fn, '__name__', kernel_fn)}: no "

@@ -42,6 +42,7 @@ def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0):
                            may_overflow=True)  # the NTK, at large W_std
 
 
+@hyperparameters()
 def Sigmoid_like():
   """``0.5 * erf(x / 2.4020563531719796) + 0.5``: the erf closest (in squared
   error on [-5, 5]) to the logistic sigmoid."""
