@@ -2,9 +2,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test,plot,ode,sklearn,scale,docs
+EXTRAS := test,plot,ode,sklearn,scale,fit,docs
 
-.PHONY: demo test install clean
+.PHONY: demo test conformance install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+
+# neural-tangents 0.6.5's own public-API tests against this checkout
+# (conformance/README.md; expected failures in conformance/expected_failures.txt).
+conformance: $(VENV)/.installed
+	bash conformance/run.sh $(BIN)/python -q -n 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

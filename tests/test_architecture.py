@@ -13,25 +13,7 @@ PKG = ROOT / "widenets"
 # Violations in files owned by branches not merged here (batching/,
 # stax/covariance.py); remove each entry once fixed there, and the test
 # guards it from then on. Entries read as the failures they excuse.
-PENDING = {
-    "widenets.batching.assemble <-> widenets.batching.store",
-    "widenets.batching.blocks: from widenets.kernel import _namedtuple",
-    "widenets.scale.dask_array: from widenets.batching.runner import "
-    "_leaf_specs",
-    "widenets.scale.dask_array: from widenets.batching.runner import "
-    "_validated",
-    "widenets.scale.dask_array: from widenets.batching.runner import "
-    "_x1_is_x2",
-    "widenets.batching.runner: D._compiled_bytes",
-    "widenets.batching.runner: D._output_bytes",
-    "widenets.stax.normalization: covariance._expand",
-    "widenets.batching.assemble: blocks as B",
-    "widenets.batching.job: blocks as B",
-    "widenets.batching.runner: blocks as B",
-    "widenets.batching.runner: devices as D",
-    "widenets.batching.runner: progress as P",
-    "widenets.batching.store: blocks as B",
-}
+PENDING: set = set()
 
 
 def unexcused(bad):

@@ -93,7 +93,7 @@ def test_store_path_errors(tmp_path):
   d = tmp_path / "dir"
   d.mkdir()
   (d / "other").write_text("x")
-  with pytest.raises(ValueError, match="not a zarr store"):
+  with pytest.raises(ValueError, match="not a widenets store"):
     batch(KF, 4, store=d)
   with pytest.raises(ValueError, match="not a widenets kernel store"):
     open_store(tmp_path / "missing")
@@ -117,14 +117,17 @@ def test_sigkill_halfway_then_resume(tmp_path):
   path = str(tmp_path / "k.zarr")
   script = tmp_path / "job.py"
   script.write_text(_JOB)
-  proc = subprocess.Popen([sys.executable, str(script), path])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(
+      __import__("widenets").__file__)))  # this checkout's widenets
+  proc = subprocess.Popen([sys.executable, str(script), path],
+                          env=dict(os.environ, PYTHONPATH=root))
   try:
     deadline = time.time() + 90
     done = 0
     while time.time() < deadline and proc.poll() is None:
       try:
-        done = int(np.asarray(zarr.open_group(path, mode="r")["done"][...])
-                   .sum())
+        done = int((np.asarray(zarr.open_group(path, mode="r")["blocks"][
+            ..., 0]) != 0).sum())
       except Exception:  # store not created yet
         done = 0
       if done >= 5:  # 10 upper blocks of 16: kill after a few
@@ -136,7 +139,7 @@ def test_sigkill_halfway_then_resume(tmp_path):
   finally:
     if proc.poll() is None:
       proc.kill()
-  flags = np.asarray(zarr.open_group(path, mode="r")["done"][...]).astype(bool)
+  flags = np.asarray(zarr.open_group(path, mode="r")["blocks"][..., 0]) != 0
   finished = {(i, j) for i in range(4) for j in range(i, 4) if flags[i, j]}
   assert 0 < len(finished) < 10
 

@@ -14,3 +14,4 @@ from .empirical import (NtkImplementation, empirical_kernel_fn,
                         empirical_ntk_vp_fn, linearize, taylor_expand)
 from .monte_carlo import monte_carlo_kernel_fn
 from .batching import batch
+from .hyperparameters import fit_hyperparameters

@@ -194,6 +194,18 @@ class Kernel:
         nngp=permute(self.nngp, self.batch_ndim),
         ntk=permute(self.ntk, self.batch_ndim))
 
+  def reverse(self) -> "Kernel":
+    """The spatial axes in reverse order, with ``is_reversed`` toggled.
+
+    widenets keeps spatial axes in natural order. neural-tangents 0.6.5
+    returns them reversed (``is_reversed=True``) after an odd number of
+    convolutions when no readout removes them: ``nt_kernel.reverse()`` is
+    widenets' kernel and ``kernel.reverse()`` neural-tangents' layout.
+    """
+    n_spatial = len(self.shape1) - 2
+    return self.transpose(tuple(range(n_spatial))[::-1]).replace(
+        is_reversed=not self.is_reversed)
+
 
 # The array-valued (pytree child) fields of a Kernel.
 ARRAY_FIELDS = ("nngp", "ntk", "cov1", "cov2", "x1_is_x2", "mask1", "mask2")
@@ -212,9 +224,6 @@ def namedtuple_type(name: str, fields: tuple) -> type:
   results asked for the same way have the same type (and treedef)."""
   return collections.namedtuple(name, fields)
 
-
-# batching/blocks.py's name for `namedtuple_type`.
-_namedtuple = namedtuple_type
 
 
 def canonical_get(get, allowed: Sequence[str] = GET_FIELDS, *,
@@ -255,7 +264,8 @@ def canonical_get(get, allowed: Sequence[str] = GET_FIELDS, *,
 
 
 def get_from(obj, get, name: str = "AnalyticKernel"):
-  """Picks ``get`` from a `Kernel` (or namedtuple/dict of arrays).
+  """Picks ``get`` from a `Kernel` (or namedtuple/dict of arrays, or a list or
+  tuple of those, giving the same structure).
 
   ``get`` is a field name (returns that value), a tuple of names (returns a
   namedtuple ``name`` with those fields, in that order) or ``None`` (returns
@@ -264,6 +274,9 @@ def get_from(obj, get, name: str = "AnalyticKernel"):
   names, single = canonical_get(get)
   if names is None:
     return obj
+  if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+    # Several outputs (``parallel``): the same structure, each picked.
+    return type(obj)(get_from(o, get, name) for o in obj)
   pick = ((lambda n: obj[n]) if isinstance(obj, dict)
           else (lambda n: getattr(obj, n)))
   if single:

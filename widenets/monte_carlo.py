@@ -188,7 +188,8 @@ def monte_carlo_kernel_fn(
     xb1 = _split(x1, batch_size)
     same = _common.all_none(x2)
     xb2 = xb1 if same else _split(x2, batch_size)
-    gens = [[estimates(a, None if (same and i == j) else b, names, kwargs)
+    gens = [[estimates(a, None if (same and i == j) else b, names,
+                       _block_kwargs(kwargs, i, j, batch_size))
              for j, b in enumerate(xb2)]
             for i, a in enumerate(xb1)]
     for n in counts:
@@ -224,6 +225,26 @@ def _split_static(kwargs: dict) -> tuple[dict, tuple]:
     else:
       static.append((k, v))
   return arrays, tuple(sorted(static))
+
+
+def _block_kwargs(kwargs: tuple, i: int, j: int, size: int) -> tuple:
+  """The keyword arguments of block ``(i, j)``: a per-input pair ``(a, b)``
+  (e.g. a graph ``pattern``) gives rows ``i`` of ``a`` and rows ``j`` of
+  ``b``, as its first axis runs along the samples of ``x1`` and ``x2``."""
+  arrays, static = kwargs
+
+  def rows(t, k):
+    if t is None:
+      return None
+    return tree_map(lambda l: l[k * size:(k + 1) * size], t)
+
+  out = {}
+  for name, v in arrays.items():
+    if isinstance(v, tuple) and len(v) == 2:
+      out[name] = (rows(v[0], i), rows(v[1], j))
+    else:
+      out[name] = v
+  return out, static
 
 
 def _temp_bytes(compiled) -> Optional[int]:

@@ -6,7 +6,10 @@ Three pictures cover most uses:
   training times (optionally beside a finite-network ensemble and the data);
 * `loss_curves`: train / test loss against training time, e.g. from
   `ensemble_losses` on a ``predict.gradient_descent_mse_ensemble`` predictor;
-* `kernel_heatmap`: an NNGP / NTK matrix.
+* `kernel_heatmap`: an NNGP / NTK matrix;
+* `evidence_landscape`: the log marginal likelihood over a ``(W_std,
+  b_std)`` grid with an optimizer's path, and test error beside it (see
+  `widenets.hyperparameters.evidence_grid`).
 
 Every function draws into ``ax`` when given one and otherwise makes a new
 `matplotlib.figure.Figure` (no pyplot, so no global state and no display is
@@ -20,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 __all__ = ["posterior", "loss_curves", "ensemble_losses", "kernel_heatmap",
-           "new_figure", "save"]
+           "evidence_landscape", "new_figure", "save"]
 
 
 def _mpl():
@@ -188,4 +191,51 @@ def kernel_heatmap(k, *, ax=None, title: str = "kernel", cmap: str = "viridis"):
   ax.set_title(title)
   ax.set_xlabel("x2 index")
   ax.set_ylabel("x1 index")
+  return fig
+
+
+def evidence_landscape(w_values, b_values, evidence, *, path=None,
+                       test_error=None, axes=None, levels: int = 24):
+  """Evidence over a ``(W_std, b_std)`` grid, with a path and test error.
+
+  Args:
+    w_values: ``(n_w,)`` W_std values; b_values: ``(n_b,)`` b_std values.
+    evidence: ``(n_w, n_b)`` log marginal likelihood on the grid.
+    path: optional ``(W_std path, b_std path)`` of an optimizer (e.g.
+      ``FitResult.path['W_std'], FitResult.path['b_std']``).
+    test_error: optional ``(n_w, n_b)`` test error, drawn in a second panel.
+    axes: one or two axes to draw into.
+
+  Returns:
+    The figure (log-scaled axes, as the fit works in log space).
+  """
+  w, b = np.asarray(w_values, float), np.asarray(b_values, float)
+  ev = np.asarray(evidence, float)
+  if ev.shape != (w.size, b.size):
+    raise ValueError(f"evidence_landscape: evidence must have shape "
+                     f"(len(w_values), len(b_values)) = {(w.size, b.size)};"
+                     f" got {ev.shape}.")
+  panels = [("log marginal likelihood", ev, "viridis")]
+  if test_error is not None:
+    panels.append(("test error", np.asarray(test_error, float), "magma_r"))
+  if axes is None:
+    fig, axes = new_figure(len(panels), size=(4.4, 3.6))
+  else:
+    fig = axes[0].figure
+  for ax, (title, z, cmap) in zip(axes, panels):
+    finite = z[np.isfinite(z)]
+    lo = np.percentile(finite, 25) if title.startswith("log") else None
+    cs = ax.contourf(b, w, np.where(np.isfinite(z), z, np.nan), levels=levels,
+                     cmap=cmap, vmin=lo)
+    fig.colorbar(cs, ax=ax, shrink=0.85)
+    if path is not None:
+      pw, pb = (np.asarray(p, float) for p in path)
+      ax.plot(pb, pw, "w.-", ms=3, lw=1, label="optimizer path")
+      ax.plot(pb[-1:], pw[-1:], "r*", ms=10, label="fit")
+      ax.legend(fontsize=7, loc="lower right")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("b_std")
+    ax.set_ylabel("W_std")
+    ax.set_title(title)
   return fig

@@ -65,6 +65,13 @@ def _parsed(spec_string: str):
   return spec.parse(spec_string)
 
 
+@functools.lru_cache(maxsize=32)
+def _fitted(spec_string: str, values: tuple):
+  """The spec's network with fitted shared ``W_std``/``b_std``."""
+  from .hyperparameters import from_spec
+  return from_spec(spec_string)[0](dict(values))
+
+
 def _padded(kernel_fn):
   """``kernel_fn`` on inputs padded to a few sizes (`buckets`), so that
   fits and predictions on varying numbers of rows compile few programs;
@@ -97,7 +104,7 @@ class _KernelMixin:
                t: Optional[float] = None, diag_reg: float = 1e-4,
                diag_reg_absolute_scale: bool = False,
                input_shape: Optional[tuple] = None, batch_size: int = 0,
-               x64: bool = True):
+               x64: bool = True, fit_hyperparameters: bool = False):
     self.architecture = architecture
     self.kernel = kernel
     self.t = t
@@ -106,6 +113,7 @@ class _KernelMixin:
     self.input_shape = input_shape
     self.batch_size = batch_size
     self.x64 = x64
+    self.fit_hyperparameters = fit_hyperparameters
 
   def _check_params(self):
     if self.kernel not in ("nngp", "ntk"):
@@ -123,7 +131,10 @@ class _KernelMixin:
   def _network_kernel_fn(self):
     arch = DEFAULT_ARCHITECTURE if self.architecture is None else \
         self.architecture
-    net = _parsed(arch) if isinstance(arch, str) else arch
+    if getattr(self, "hyperparameters_", None) is not None:
+      net = _fitted(arch, tuple(self.hyperparameters_.items()))
+    else:
+      net = _parsed(arch) if isinstance(arch, str) else arch
     if not (isinstance(net, tuple) and len(net) == 3 and callable(net[2])):
       raise ValueError(f"architecture must be a spec string or an (init_fn, "
                        f"apply_fn, kernel_fn) triple; got {type(arch)}.")
@@ -151,6 +162,9 @@ class _KernelMixin:
 
   def _fit_targets(self, X, targets):
     self._check_params()
+    self.hyperparameters_ = None
+    if self.fit_hyperparameters:
+      self._fit_evidence(X, targets)
     kernel_fn = self._network_kernel_fn()
     with jax.enable_x64(bool(self.x64)):
       k = kernel_fn(self._inputs(X), None, self._gets())
@@ -159,6 +173,24 @@ class _KernelMixin:
     # Plain arrays only, so that fitted estimators pickle.
     self.k_train_train_ = {g: np.asarray(getattr(k, g)) for g in self._gets()}
     return self
+
+  def _fit_evidence(self, X, targets):
+    """Fits the spec's shared ``W_std``/``b_std`` and the noise by the
+    marginal likelihood of ``targets`` (`widenets.fit_hyperparameters`)."""
+    from .hyperparameters import fit_hyperparameters, from_spec
+    arch = DEFAULT_ARCHITECTURE if self.architecture is None else \
+        self.architecture
+    if not isinstance(arch, str):
+      raise ValueError("fit_hyperparameters=True needs a spec-string "
+                       "architecture (its W_std/b_std are fitted); got "
+                       f"{type(arch).__name__}.")
+    build, init = from_spec(arch)
+    noise = 0.1 * float(np.mean(np.square(targets))) + 1e-6
+    res = fit_hyperparameters(build, init, self._inputs(X), targets,
+                              noise=noise, get=self.kernel, x64=self.x64)
+    self.hyperparameters_ = dict(res.values)
+    self.diag_reg_ = res.noise
+    self.evidence_ = res.objective
 
   def _predictor(self):
     """``predict.gradient_descent_mse_ensemble`` on the cached train kernel."""
@@ -175,9 +207,11 @@ class _KernelMixin:
         return _Kernels(**{g: cached[g] for g in get})
       return base(x1, x2, get, **kwargs)
 
+    fitted = getattr(self, "hyperparameters_", None) is not None
     return predict.gradient_descent_mse_ensemble(
-        kernel_fn, x_train, self.targets_, diag_reg=self.diag_reg,
-        diag_reg_absolute_scale=self.diag_reg_absolute_scale)
+        kernel_fn, x_train, self.targets_,
+        diag_reg=self.diag_reg_ if fitted else self.diag_reg,
+        diag_reg_absolute_scale=fitted or self.diag_reg_absolute_scale)
 
   def _gaussian(self, X, return_std: bool):
     """Mean ``(n, outputs)`` and, if asked, std ``(n,)`` on rows of ``X``."""
@@ -216,11 +250,19 @@ class KernelRegressor(_KernelMixin, RegressorMixin, BaseEstimator):
     input_shape: per-sample shape each row of ``X`` is reshaped to.
     batch_size: kernel block size (`widenets.batch`); 0 for one block.
     x64: compute in float64 (see the module docstring).
+    fit_hyperparameters: before fitting, choose the spec's shared
+      ``W_std`` / ``b_std`` and the noise variance by maximizing the
+      marginal likelihood of the training targets under the ``kernel``
+      (`widenets.fit_hyperparameters`; needs optax). ``diag_reg`` is then
+      the fitted absolute noise.
 
   Attributes:
     X_fit_, targets_: the training data (float32).
     k_train_train_: ``{'nngp': (n, n)[, 'ntk': (n, n)]}`` train kernels.
     n_features_in_: number of features seen in ``fit``.
+    hyperparameters_, diag_reg_, evidence_: with ``fit_hyperparameters``,
+      the fitted ``{'W_std', 'b_std'}``, absolute noise and evidence
+      (``hyperparameters_`` is None otherwise).
   """
 
   def __sklearn_tags__(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -50,8 +51,15 @@ def load_array(path: str, key: Optional[str] = None) -> np.ndarray:
         skip = 0
       except ValueError:
         skip = 1  # a header row
-      return np.loadtxt(path, delimiter=delim, skiprows=skip, ndmin=2,
-                        dtype=np.float32)
+      if not first.strip():
+        raise CLIError(f"{path!r} has no samples (the file is empty).")
+      with warnings.catch_warnings():  # no rows: our error below
+        warnings.simplefilter("ignore", UserWarning)
+        x = np.loadtxt(path, delimiter=delim, skiprows=skip, ndmin=2,
+                       dtype=np.float32)
+      if x.size == 0:
+        raise CLIError(f"{path!r} has no samples (only a header row).")
+      return x
   except CLIError:
     raise
   except (ValueError, OSError) as e:
@@ -67,6 +75,9 @@ def _reshape(x: np.ndarray, shape: Optional[str], name: str) -> np.ndarray:
   except ValueError:
     raise CLIError(f"--shape must be comma-separated integers like 8,8,1; "
                    f"got {shape!r}.") from None
+  if any(d <= 0 for d in dims):
+    raise CLIError(f"--shape dimensions must be positive integers like "
+                   f"8,8,1; got {shape!r}.")
   if int(np.prod(dims)) != int(np.prod(x.shape[1:])):
     raise CLIError(f"{name} has {int(np.prod(x.shape[1:]))} features per "
                    f"sample (shape {x.shape}); --shape {shape} needs "
@@ -129,6 +140,8 @@ def _kernel(args) -> int:
   kernel_fn = load_architecture(args.arch, args.name)[2]
   out = args.out
   use_store = out.endswith(".zarr") or os.path.isdir(out)
+  if not use_store and not out.endswith((".npy", ".npz")):
+    raise CLIError(f"--out must end in .npy, .npz or .zarr; got {out!r}.")
   progress = (_progress_line if args.progress else False)
   try:
     from ..batching import batch
@@ -280,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "or a resumable zarr store.")
   k.add_argument("arch", help='a spec such as "Conv(64,(3,3),SAME) Relu '
                  'GlobalAvgPool Dense(10)", or a .py file defining '
-                 '`network` (a stax triple) or `kernel_fn`')
+                 '`network` (a stax triple) or `kernel_fn` (widenets runs it '
+                 'as Python: only pass files you trust)')
   k.add_argument("x1", help="inputs: .npy, .npz or .csv (samples first)")
   k.add_argument("--x2", help="second inputs (default: x1, at half cost)")
   k.add_argument("--key", help="array name inside .npz files")
@@ -313,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="gradient-flow times (default 100,1000,10000,inf)")
   e.add_argument("--kernels", default="nngp,ntk", help="nngp,ntk (default)")
   e.add_argument("--arch", action="append", metavar="NAME=SPEC",
-                 help="an architecture to score (repeatable; replaces the "
-                 "default FC, CNN, CNN-GAP)")
+                 help="an architecture to score: a spec string, or a .py "
+                 "file defining `network` (widenets runs it as Python: only "
+                 "pass files you trust). Repeatable; replaces the default "
+                 "FC, CNN, CNN-GAP")
   e.add_argument("--only", help="comma-separated subset of the "
                  "architectures, e.g. FC,CNN-GAP")
   e.add_argument("--x", help="your inputs (.npy/.npz/.csv) instead of digits")

@@ -7,11 +7,13 @@ at half cost, ``diagonal_batch=False``, several devices through
 ``store=PATH`` (a resumable zarr store; `open_store` reads it back).
 
 Modules: `blocks` (grid, padding, mirroring, output structure), `job` (how a
-kernel function is called on one block), `devices` (placement and automatic
-block size), `assemble` (collecting blocks), `store` (zarr), `progress`.
+kernel function is called on one block), `plan` (validated inputs, leaf
+layouts), `devices` (placement and automatic block size), `assemble`
+(collecting blocks), `store` (zarr, checksums), `claims` (the store's marker
+and per-block claims), `resume` (what a rerun computes), `progress`.
 """
 from .runner import BatchedKernelFn, RunStats, batch
-from .store import StoreMismatchError, open_store
+from .store import StoreCorruptionError, StoreMismatchError, open_store
 
 __all__ = ["batch", "open_store", "BatchedKernelFn", "RunStats",
-           "StoreMismatchError"]
+           "StoreMismatchError", "StoreCorruptionError"]

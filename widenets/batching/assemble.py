@@ -1,34 +1,27 @@
 """Collecting finished blocks into full kernel leaves (memory or store)."""
 from __future__ import annotations
 
-import os
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import blocks as B
+from . import blocks
+from .blocks import row_source
 
-__all__ = ["MemorySink", "StoreSink", "trim", "from_store", "build_output"]
-
-
-def row_source(grid: B.Grid, i: int) -> int:
-  """The block of row ``i`` whose row leaves (cov1, mask1) are kept."""
-  return i if grid.symmetric else 0
+__all__ = ["MemorySink", "StoreSink", "trim", "build_output", "row_source"]
 
 
-def trim(spec: B.LeafSpec, v, grid: B.Grid, i: int, j: int):
+def trim(spec: blocks.LeafSpec, v, grid: blocks.Grid, i: int, j: int):
   """The unpadded part of a block's leaf, or None if this block does not
   provide it (row leaves come from one block per row, etc.)."""
   r, c = grid.valid(i, j)
-  if spec.kind == B.PAIR:
+  if spec.kind == blocks.PAIR:
     return v[:r, :c]
-  if spec.kind == B.ROW:
+  if spec.kind == blocks.ROW:
     return v[:r] if j == row_source(grid, i) else None
-  if spec.kind == B.COL:
+  if spec.kind == blocks.COL:
     return v[:c] if i == 0 else None
-  if spec.kind == B.CONST:
+  if spec.kind == blocks.CONST:
     return v if (i, j) == (0, 0) else None
   return None  # flags are computed on the host; rowrow/colcol elsewhere
 
@@ -37,15 +30,15 @@ class MemorySink:
   """Keeps blocks on a device (then concatenates) or writes them into host
   arrays as they finish (``store_on_device=False``)."""
 
-  def __init__(self, specs, grid: B.Grid, on_device: bool, device=None):
+  def __init__(self, specs, grid: blocks.Grid, on_device: bool, device=None):
     self.specs, self.grid = specs, grid
     self.on_device, self.device = on_device, device
     self.parts = {k: {} for k in range(len(specs))}
     self.host = {}
     if not on_device:
       for k, s in enumerate(specs):
-        if s.kind in (B.PAIR, B.ROW, B.COL):
-          self.host[k] = np.empty(B.full_shape(s, grid), s.dtype)
+        if s.kind in (blocks.PAIR, blocks.ROW, blocks.COL):
+          self.host[k] = np.empty(blocks.full_shape(s, grid), s.dtype)
 
   def put(self, i: int, j: int, leaves: dict, mirror: bool) -> None:
     grid = self.grid
@@ -58,18 +51,18 @@ class MemorySink:
         if self.device is not None:
           v = jax.device_put(v, self.device)
         self.parts[k][(i, j)] = v
-        if mirror and spec.kind == B.PAIR:
-          self.parts[k][(j, i)] = B.mirror(v, spec.mirror)
+        if mirror and spec.kind == blocks.PAIR:
+          self.parts[k][(j, i)] = blocks.mirror(v, spec.mirror)
         continue
       v = np.asarray(v)
-      if spec.kind == B.PAIR:
+      if spec.kind == blocks.PAIR:
         r, c = grid.rows(i), grid.cols(j)
         self.host[k][r, c] = v
         if mirror:
-          self.host[k][c, r] = B.mirror(v, spec.mirror)
-      elif spec.kind == B.ROW:
+          self.host[k][c, r] = blocks.mirror(v, spec.mirror)
+      elif spec.kind == blocks.ROW:
         self.host[k][grid.rows(i)] = v
-      elif spec.kind == B.COL:
+      elif spec.kind == blocks.COL:
         self.host[k][grid.cols(j)] = v
       else:
         self.parts[k][(i, j)] = v
@@ -80,12 +73,12 @@ class MemorySink:
     if not self.on_device and k in self.host:
       return self.host.pop(k)
     parts = self.parts[k]
-    if spec.kind == B.CONST:
+    if spec.kind == blocks.CONST:
       return parts[(0, 0)]
-    if spec.kind == B.ROW:
+    if spec.kind == blocks.ROW:
       return jnp.concatenate(
           [parts.pop((i, row_source(grid, i))) for i in range(grid.nb1)], 0)
-    if spec.kind == B.COL:
+    if spec.kind == blocks.COL:
       return jnp.concatenate([parts.pop((0, j)) for j in range(grid.nb2)], 0)
     rows = []
     for i in range(grid.nb1):
@@ -114,38 +107,12 @@ class StoreSink:
     return self.store.read_leaf(k)
 
 
-def build_output(desc: dict, specs, grid: B.Grid, leaf_values: dict):
+def build_output(desc: dict, specs, grid: blocks.Grid, leaf_values: dict):
   """The user-facing output from assembled leaves ``{k: value}``."""
   values = []
   for k, spec in enumerate(specs):
     v = leaf_values.get(k)
-    if grid.symmetric and spec.kind in (B.COL, B.COLCOL):
+    if grid.symmetric and spec.kind in (blocks.COL, blocks.COLCOL):
       v = None  # x2 is None: cov2/mask2 are None, as unbatched
     values.append(v)
-  return B.unflatten_output(desc, values, B.fix_kernel_shapes(grid))
-
-
-def from_store(store, lazy: Optional[bool] = None, lazy_bytes: int = 2**30):
-  """The kernel in a finished `BlockStore` (see `store.open_store`)."""
-  from .store import open_store
-  grid = store.grid
-  total = sum(int(np.prod(B.full_shape(s, grid))) * np.dtype(s.dtype).itemsize
-              for s in store.specs if s.kind not in (B.ROWROW, B.COLCOL))
-  if lazy is None:
-    lazy = total > lazy_bytes
-  values = {}
-  for k, spec in enumerate(store.specs):
-    if spec.kind in (B.ROWROW, B.COLCOL):
-      continue
-    values[k] = store.read_leaf(k, lazy=lazy and spec.kind == B.PAIR)
-  for k, spec in enumerate(store.specs):
-    if spec.kind not in (B.ROWROW, B.COLCOL) or (
-        grid.symmetric and spec.kind == B.COLCOL):
-      continue
-    if spec.source.startswith("leaf:"):
-      values[k] = values[int(spec.source[5:])]
-    else:
-      aux = open_store(os.path.join(store.path, spec.source), lazy=lazy,
-                       lazy_bytes=lazy_bytes)
-      values[k] = aux
-  return build_output(store.meta["structure"], store.specs, grid, values)
+  return blocks.unflatten_output(desc, values, blocks.fix_kernel_shapes(grid))

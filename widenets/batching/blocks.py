@@ -31,15 +31,17 @@ kind        block shape             full shape / source
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..kernel import ARRAY_FIELDS, Kernel
+from ..kernel import ARRAY_FIELDS, Kernel, namedtuple_type
 
 __all__ = ["Grid", "LeafSpec", "flatten_output", "unflatten_output",
-           "pad_rows", "mirror", "mirror_perm", "leaf_kind", "full_shape"]
+           "pad_rows", "mirror", "mirror_perm", "leaf_kind", "full_shape",
+           "row_source", "owned_region"]
 
 PAIR, ROW, COL, ROWROW, COLCOL, FLAG, CONST = (
     "pair", "row", "col", "rowrow", "colcol", "flag", "const")
@@ -237,8 +239,6 @@ def unflatten_output(desc: dict, leaves: list, fix_static=None):
 def _namedtuple_class(d: dict):
   """The original namedtuple class if importable (same fields), else an
   equivalent one."""
-  import importlib
-  from ..kernel import _namedtuple
   seen = _CLASSES.get((d["module"], d["qualname"], tuple(d["fields"])))
   if seen is not None:
     return seen
@@ -250,7 +250,7 @@ def _namedtuple_class(d: dict):
       return obj
   except Exception:  # a local or dynamically made class
     pass
-  return _namedtuple(d["name"], tuple(d["fields"]))
+  return namedtuple_type(d["name"], tuple(d["fields"]))
 
 
 def kernel_fields(desc: dict) -> Iterator[dict]:
@@ -321,6 +321,31 @@ def full_shape(spec: LeafSpec, grid: Grid) -> tuple:
   if spec.kind == COLCOL:
     return (grid.n2, grid.n2) + s[2:]
   return s
+
+
+def row_source(grid: Grid, i: int) -> int:
+  """The block of row ``i`` whose row leaves (cov1, mask1) are kept."""
+  return i if grid.symmetric else 0
+
+
+def owned_region(spec: LeafSpec, grid: Grid, i: int,
+                 j: int) -> Optional[tuple]:
+  """The index into leaf ``spec``'s full array that block ``(i, j)`` writes
+  (for a mirrored block ``(j, i)``, its mirror's region), or None.
+
+  Pair leaves: the block's rows and columns; row leaves: one block per row
+  (`row_source`); column leaves: the first row of blocks; const leaves: block
+  ``(0, 0)``; flags and full covariances: no block.
+  """
+  if spec.kind == PAIR:
+    return (grid.rows(i), grid.cols(j))
+  if spec.kind == ROW:
+    return (grid.rows(i),) if j == row_source(grid, i) else None
+  if spec.kind == COL:
+    return (grid.cols(j),) if i == 0 else None
+  if spec.kind == CONST:
+    return (Ellipsis,) if (i, j) == (0, 0) else None
+  return None
 
 
 def fix_kernel_shapes(grid: Grid):

@@ -16,7 +16,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-__all__ = ["select_devices", "put", "free_memory", "auto_batch_size"]
+__all__ = ["select_devices", "put", "free_memory", "auto_batch_size",
+           "compiled_bytes", "output_bytes"]
 
 
 def select_devices(device_count: int) -> list:
@@ -70,7 +71,7 @@ def free_memory(device) -> int:
   return _host_available()
 
 
-def _compiled_bytes(fn, *args) -> Optional[int]:
+def compiled_bytes(fn, *args) -> Optional[int]:
   """Peak bytes of one call of jitted ``fn`` from XLA's memory analysis."""
   try:
     m = fn.lower(*args).compile().memory_analysis()
@@ -85,7 +86,7 @@ def _compiled_bytes(fn, *args) -> Optional[int]:
   return total
 
 
-def _output_bytes(tree) -> int:
+def output_bytes(tree) -> int:
   return sum(int(np.prod(l.shape)) * np.dtype(l.dtype).itemsize
              for l in jax.tree_util.tree_leaves(tree))
 

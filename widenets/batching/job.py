@@ -22,12 +22,14 @@ import re
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from . import blocks as B
+from . import blocks
 from .._tracing import freeze_static
 
-__all__ = ["BlockJob", "is_array_tree", "describe_fn", "fingerprint"]
+__all__ = ["BlockJob", "is_array_tree", "describe_fn", "fingerprint",
+           "all_finite"]
 
 
 def is_array_tree(v) -> bool:
@@ -74,6 +76,15 @@ def fingerprint(*trees) -> str:
       h.update(memoryview(a).cast("B"))
     h.update(b"|")
   return h.hexdigest()
+
+
+def all_finite(tree):
+  """One boolean: every inexact array leaf of ``tree`` is finite."""
+  ok = jnp.asarray(True)
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+      ok = ok & jnp.all(jnp.isfinite(leaf))
+  return ok
 
 
 def _closure_arrays(fn, depth: int = 2) -> list:
@@ -186,49 +197,54 @@ class BlockJob:
     return self.static_args.get(0)
 
   # -- per-block values ------------------------------------------------------
-  def row_keys(self, grid: B.Grid):
+  def row_keys(self, grid: blocks.Grid):
     """``(row_keys, col_keys)`` for ``rng``, or ``(None, None)``."""
     if self.rng is None:
       return None, None
     k1, k2 = jax.random.split(self.rng)
     return jax.random.split(k1, grid.nb1), jax.random.split(k2, grid.nb2)
 
-  def padded_pairs(self, grid: B.Grid):
+  def padded_pairs(self, grid: blocks.Grid):
     """Pair kwargs padded like the inputs: ``({name: v1}, {name: v2})``."""
     p1, p2 = {}, {}
     for k, (v1, v2) in self.pair_kwargs.items():
       if v2 is None and grid.symmetric:
         v2 = v1
       pad = lambda v, n: None if v is None else jax.tree_util.tree_map(
-          lambda a: B.pad_rows(np.asarray(a), n), v)
+          lambda a: blocks.pad_rows(np.asarray(a), n), v)
       p1[k], p2[k] = pad(v1, grid.padded1), pad(v2, grid.padded2)
     return p1, p2
 
   # -- the jitted block function ------------------------------------------------
-  def _cache_key(self, x2_is_none: bool):
-    return (self.kernel_fn, self.n_args, x2_is_none,
+  def _cache_key(self, x2_is_none: bool, checked: bool):
+    return (self.kernel_fn, self.n_args, x2_is_none, checked,
             freeze_static(sorted(self.static_args.items())),
             freeze_static(sorted(self.static_kwargs.items())),
             tuple(sorted(self.array_args)), tuple(sorted(self.array_kwargs)),
             tuple(sorted(self.pair_kwargs)), self.rng is not None)
 
-  def fn(self, x2_is_none: bool):
+  def fn(self, x2_is_none: bool, checked: bool = False):
     """``f(x1b, x2b, array_args, array_kwargs, pair1, pair2, keys)`` jitted.
+
+    ``checked``: ``f`` returns ``(output, all_finite(output))``, the check
+    fused into the block's computation (``kernel_fn``'s own overflow checks
+    cannot run inside a trace).
 
     Jitted functions are shared by jobs with the same kernel function and
     static arguments, so calling a batched function again does not
     recompile.
     """
-    if x2_is_none not in self._jitted:
+    slot = (x2_is_none, checked)
+    if slot not in self._jitted:
       try:
-        key = self._cache_key(x2_is_none)
+        key = self._cache_key(x2_is_none, checked)
         hash(key)
       except TypeError:
         key = None
       if key is not None and key in _FN_CACHE:
-        self._jitted[x2_is_none] = _FN_CACHE[key]
+        self._jitted[slot] = _FN_CACHE[key]
         _FN_CACHE.move_to_end(key)
-    if x2_is_none not in self._jitted:
+    if slot not in self._jitted:
       static_args, static_kwargs = self.static_args, self.static_kwargs
       n_args, kernel_fn = self.n_args, self.kernel_fn
 
@@ -244,15 +260,22 @@ class BlockJob:
           kw[k] = (pair1[k], pair2[k])
         if keys is not None:
           kw["rng"] = keys
-        return kernel_fn(x1b, None if x2_is_none else x2b, *args, **kw)
+        out = kernel_fn(x1b, None if x2_is_none else x2b, *args, **kw)
+        return (out, all_finite(out)) if checked else out
 
-      self._jitted[x2_is_none] = (block, jax.jit(block))
+      self._jitted[slot] = (block, jax.jit(block))
       if key is not None:
-        _FN_CACHE[key] = self._jitted[x2_is_none]
+        _FN_CACHE[key] = self._jitted[slot]
         while len(_FN_CACHE) > 64:
           _FN_CACHE.popitem(last=False)
-    plain, jitted = self._jitted[x2_is_none]
+    plain, jitted = self._jitted[slot]
     return plain if self.eager else jitted
+
+  def plain_fn(self, x2_is_none: bool):
+    """`fn` not jitted and not checked: ``kernel_fn`` runs with concrete
+    blocks, so its own input and overflow checks run (and name the layer)."""
+    self.fn(x2_is_none)
+    return self._jitted[(x2_is_none, False)][0]
 
   def dynamic(self):
     """``(array_args, array_kwargs)`` with string keys (jit-friendly)."""

@@ -15,9 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import Kernel, same_inputs
-from . import assemble, blocks as B, devices as D, progress as P
+from ..stax.inputs import is_kernel_tree
+from ..stax.overflow import KernelOverflowError
+from . import assemble, blocks, claims, devices, plan, resume
 from .job import BlockJob, fingerprint
-from .store import FORMAT, BlockStore, check_path
+from .progress import make_progress
+from .store import FORMAT, BlockStore, read_meta
 
 __all__ = ["batch", "BatchedKernelFn", "RunStats"]
 
@@ -35,8 +38,12 @@ class RunStats:
     seconds: wall time of the call.
     computed_blocks: the ``(i, j)`` blocks computed, in order.
     per_device: blocks dispatched to each device id.
+    damaged: blocks of the store that failed their checksum and were
+      computed again, with the reason.
+    verified: the stored block computed again to check that the store holds
+      this computation (None without a store or finished block).
   """
-  grid: Optional[B.Grid] = None
+  grid: Optional[blocks.Grid] = None
   mirrored: bool = False
   computed: int = 0
   skipped: int = 0
@@ -44,6 +51,8 @@ class RunStats:
   seconds: float = 0.0
   computed_blocks: list = dataclasses.field(default_factory=list)
   per_device: dict = dataclasses.field(default_factory=dict)
+  damaged: dict = dataclasses.field(default_factory=dict)
+  verified: Optional[tuple] = None
 
 
 # batch_size='auto' for kernel functions that cannot be traced (their memory
@@ -63,8 +72,8 @@ def _check_batch_size(batch_size) -> None:
 def batch(kernel_fn: Callable, batch_size: Union[int, str] = 0,
           device_count: int = -1, store_on_device: bool = True, *,
           store: Optional[Union[str, os.PathLike]] = None,
-          progress: Union[bool, Callable[[int, int], None]] = False
-          ) -> "BatchedKernelFn":
+          progress: Union[bool, Callable[[int, int], None]] = False,
+          store_key: Optional[str] = None) -> "BatchedKernelFn":
   """Returns ``kernel_fn`` computed in blocks, over devices, optionally stored.
 
   Compatible with ``neural_tangents.batch`` (same arguments and defaults),
@@ -90,24 +99,35 @@ def batch(kernel_fn: Callable, batch_size: Union[int, str] = 0,
       ``k`` the first ``k`` devices.
     store_on_device: keep the result on the (first) device; ``False`` collects
       blocks into host numpy arrays as they finish (larger kernels fit).
-    store: a directory: write blocks into a zarr store as they finish, with the
-      inputs' fingerprint and the network's description. Calling again with
-      the same store computes only the missing blocks (after a crash, say); a
-      store of other inputs or another network is refused. Read it back with
-      `widenets.batching.open_store`.
+    store: a directory (new, empty, or a store made by `batch`; anything
+      else is refused untouched): write blocks into a zarr store as they
+      finish, each with a checksum, with the inputs' fingerprint and the
+      network's description. Calling again with the same store computes only
+      the missing or damaged blocks (after a crash, say, or from several
+      processes at once: blocks are claimed, not shared); a store of other
+      inputs or another computation is refused (see docs/scale.md for what
+      is checked). Read it back with `widenets.batching.open_store`.
     progress: ``True`` for a tqdm bar (blocks done, ETA), or a callable
       ``progress(done, total)`` called after each block.
+    store_key: an optional string recorded in the store; a store with
+      another key is refused (e.g. a version of your kernel function's code).
 
   Returns:
     A function with the signature of ``kernel_fn`` returning the same values
     (to float round-off); its ``last_run`` attribute holds a `RunStats`.
   """
   _check_batch_size(batch_size)
-  D.select_devices(device_count)  # validates early
+  devices.select_devices(device_count)  # validates early
   if store is not None:
-    store = check_path(store)
-  return BatchedKernelFn(kernel_fn, batch_size, device_count, store_on_device,
-                         store, progress)
+    store = claims.check_path(store)
+    claims.refuse_foreign(store)
+  if store_key is not None and not isinstance(store_key, str):
+    raise ValueError(f"batch: store_key must be a string or None; got "
+                     f"{type(store_key).__name__} {store_key!r}.")
+  fn = BatchedKernelFn(kernel_fn, batch_size, device_count, store_on_device,
+                       store, progress)
+  fn.store_key = store_key
+  return fn
 
 
 class BatchedKernelFn:
@@ -121,6 +141,7 @@ class BatchedKernelFn:
     self.store_on_device = store_on_device
     self.store = store
     self.progress = progress
+    self.store_key = None
     self.last_run = RunStats()
     self.__wrapped__ = kernel_fn
     self.__name__ = getattr(kernel_fn, "__name__", "kernel_fn")
@@ -132,7 +153,6 @@ class BatchedKernelFn:
     return f"<batched {getattr(self.kernel_fn, '__name__', self.kernel_fn)!r}>"
 
   def __call__(self, x1_or_kernel, x2=None, *args, **kwargs):
-    from ..stax.inputs import is_kernel_tree
     job = BlockJob(self.kernel_fn, args, kwargs)
     start = time.perf_counter()
     if is_kernel_tree(x1_or_kernel):
@@ -146,7 +166,7 @@ class BatchedKernelFn:
     return out
 
   # -- inputs ------------------------------------------------------------------
-  def _block_sizes(self, job, x1, x2, n1, n2, devices, old_meta):
+  def _block_sizes(self, job, x1, x2, n1, n2, devs, old_meta):
     bs = self.batch_size
     symmetric = x2 is None
     if old_meta is not None and bs == "auto":
@@ -154,14 +174,14 @@ class BatchedKernelFn:
       return g["b1"], g["b2"]
     if bs == "auto":
       try:
-        b = self._auto_size(job, x1, x2, max(n1, n2), devices[0])
+        b = self._auto_size(job, x1, x2, max(n1, n2), devs[0])
       except Exception:  # noqa: BLE001 - kernel_fn cannot be traced
         b = _UNTRACEABLE_AUTO
       return min(b, n1), min(b, n2)
     if bs == 0:
-      if len(devices) == 1:
+      if len(devs) == 1:
         return n1, n2
-      per = -(-n1 // len(devices))
+      per = -(-n1 // len(devs))
       return (per, per) if symmetric else (per, n2)
     return min(bs, n1), min(bs, n2)
 
@@ -181,9 +201,9 @@ class BatchedKernelFn:
             for k, (v1, v2) in job.pair_kwargs.items()}
       keys = None if job.rng is None else (job.rng, job.rng)
       args = (spec(x1, b), spec(x2, b), dyn_args, dyn_kwargs, p1, p2, keys)
-      m = D._compiled_bytes(fn, *args)
+      m = devices.compiled_bytes(fn, *args)
       if m is None:  # no memory analysis: outputs plus generous temporaries
-        m = 4 * D._output_bytes(jax.eval_shape(fn, *args))
+        m = 4 * devices.output_bytes(jax.eval_shape(fn, *args))
       return m
 
     out = jax.eval_shape(fn, spec(x1, 2), spec(x2, 2), dyn_args, dyn_kwargs,
@@ -194,120 +214,190 @@ class BatchedKernelFn:
                          None if job.rng is None else (job.rng, job.rng))
     per_pair = 0.0
     if self.store_on_device and self.store is None:
-      per_pair = D._output_bytes(out) / 4
-    return D.auto_batch_size(block_bytes, n_max, D.free_memory(device),
-                             result_bytes_per_pair=per_pair)
+      per_pair = devices.output_bytes(out) / 4
+    return devices.auto_batch_size(block_bytes, n_max,
+                                   devices.free_memory(device),
+                                   result_bytes_per_pair=per_pair)
 
   def _run(self, job: BlockJob, x1, x2, store_path, progress):
     symmetric = x2 is None
-    x1, x2 = _validated(x1, x2)
-    n1 = _n(x1)
-    n2 = n1 if symmetric else _n(x2)
-    devices = D.select_devices(self.device_count)
-    old = BlockStore.existing_meta(store_path) if store_path else None
-    b1, b2 = self._block_sizes(job, x1, x2, n1, n2, devices, old)
+    x1, x2 = plan.validated_inputs(x1, x2)
+    n1 = plan.n_samples(x1)
+    n2 = n1 if symmetric else plan.n_samples(x2)
+    devs = devices.select_devices(self.device_count)
+    old = read_meta(store_path) if store_path else None
+    b1, b2 = self._block_sizes(job, x1, x2, n1, n2, devs, old)
     if symmetric:
       b1 = b2 = max(b1, b2)
-    grid = B.Grid(n1, n2, b1, b2, symmetric)
-    x1p = jax.tree_util.tree_map(lambda a: B.pad_rows(a, grid.padded1), x1)
-    x2p = x1p if symmetric else jax.tree_util.tree_map(
-        lambda a: B.pad_rows(a, grid.padded2), x2)
-    pair1, pair2 = job.padded_pairs(grid)
-    keys1, keys2 = job.row_keys(grid)
-
-    def inputs(i, j):
-      r = slice(i * b1, (i + 1) * b1)
-      c = slice(j * b2, (j + 1) * b2)
-      take = lambda t, s: jax.tree_util.tree_map(lambda a: a[s], t)
-      keys = None if keys1 is None else (keys1[i], keys2[j])
-      xb2 = None if symmetric and i == j else take(x2p, c)
-      return (take(x1p, r), xb2, take(pair1, r), take(pair2, c), keys)
+    grid = blocks.Grid(n1, n2, b1, b2, symmetric)
+    mask = job.static_kwargs.get("mask_constant")
+    plan.check_finite(x1, "x1", grid.b1, mask)
+    if not symmetric:
+      plan.check_finite(x2, "x2", grid.b2, mask)
+    layout = plan.Layout(job, x1, x2, grid)
 
     # Output structure from one block, without computing it.
-    xb1, _, p1, p2, keys = inputs(0, 0)
+    xb1, xb2, p1, p2, keys = layout.inputs(0, 0)
     dyn_args, dyn_kwargs = job.dynamic()
-    shape_out = job.structure(
-        symmetric, xb1, None if symmetric else inputs(0, 0)[1],
-        dyn_args, dyn_kwargs, p1, p2, keys)
-    desc, leaves = B.flatten_output(shape_out)
-    specs = _leaf_specs(job, leaves, grid, x1p, pair1, keys)
+    shape_out = job.structure(symmetric, xb1, xb2, dyn_args, dyn_kwargs, p1,
+                              p2, keys)
+    desc, leaves = blocks.flatten_output(shape_out)
+    specs = plan.leaf_specs(job, leaves, grid, layout.x1p, layout.pair1, keys)
     mirrored = symmetric and all(
-        s.mirror is not None for s in specs if s.kind == B.PAIR)
+        s.mirror is not None for s in specs if s.kind == blocks.PAIR)
 
-    stats = RunStats(grid=grid, mirrored=mirrored, devices=len(devices))
+    stats = RunStats(grid=grid, mirrored=mirrored, devices=len(devs))
     self.last_run = stats
-    store = None
+    all_tasks = list(grid.tasks(mirrored))
+    store, tasks, redo = None, all_tasks, frozenset()
     if store_path is not None:
+      architecture = dict(job.description(), store_key=self.store_key)
       meta = dict(format=FORMAT, fingerprint=fingerprint(
-          x1, x2, job.arrays_fingerprint()), architecture=job.description(),
+          x1, x2, job.arrays_fingerprint()), architecture=architecture,
           grid=grid.asdict(), structure=desc,
           leaves=[dataclasses.asdict(s) for s in specs], complete=False)
       store = BlockStore.open(store_path, meta)
-      done = store.done_mask()
-    else:
-      done = np.zeros((grid.nb1, grid.nb2), bool)
-    all_tasks = list(grid.tasks(mirrored))
-    tasks = [t for t in all_tasks if not done[t]]
-    stats.skipped = len(all_tasks) - len(tasks)
+      tasks, stats.damaged, intact = resume.blocks_to_compute(
+          store, all_tasks, mirrored)
+      redo = frozenset(t for t in tasks if t in {
+          (min(b), max(b)) if mirrored else b for b in stats.damaged})
+      if intact is not None:
+        resume.check_same_computation(
+            store, intact, lambda i, j: self._block_values(job, layout, specs,
+                                                           i, j))
+        stats.verified = intact
+      if tasks and store.mode == "r":  # damaged blocks of a finished store
+        store = BlockStore(store_path, store.meta, "r+")
+    skipped = len(all_tasks) - len(tasks)
 
-    device0 = devices[0]
     sink = (assemble.StoreSink(store) if store is not None else
             assemble.MemorySink(specs, grid, self.store_on_device,
-                                device0 if len(devices) > 1 else None))
-    bar = P.make_progress(progress, len(all_tasks), stats.skipped)
-    dyn = {d: D.put((dyn_args, dyn_kwargs), d) for d in devices}
+                                devs[0] if len(devs) > 1 else None))
+    self._compute(job, layout, sink, store, tasks, redo, devs, progress,
+                  stats, (len(all_tasks), skipped))
+    stats.skipped = len(all_tasks) - stats.computed
+    return self._finish(job, x1, x2, desc, specs, sink, store, store_path,
+                        devs[0], stats)
+
+  def _block_values(self, job, layout, specs, i, j) -> dict:
+    """Block ``(i, j)`` computed now, as trimmed numpy leaves by path."""
+    inputs = layout.inputs(i, j)
+    fn = job.fn(layout.symmetric and i == j, checked=True)
+    dyn_args, dyn_kwargs = job.dynamic()
+    out, ok = fn(inputs[0], inputs[1], dyn_args, dyn_kwargs, *inputs[2:])
+    if not bool(ok):
+      self._explain(job, layout, i, j)
+    vals = {p: v for p, v, _ in blocks.flatten_output(out)[1]}
+    trimmed = {}
+    for spec in specs:
+      v = vals.get(spec.path)
+      v = None if v is None else assemble.trim(spec, v, layout.grid, i, j)
+      if v is not None:
+        trimmed[spec.path] = np.asarray(v)
+    return trimmed
+
+  def _compute(self, job, layout, sink, store, tasks, redo, devs, progress,
+               stats, counts):
+    """Computes ``tasks`` into ``sink``, claiming each block of a store."""
+    total, skipped = counts
+    bar = make_progress(progress, total, skipped)
+    dyn = {d: devices.put(job.dynamic(), d) for d in devs}
     needs_host = store is not None or not self.store_on_device
-    lag = 2 * len(devices) if (needs_host or progress) else 0
-    pending = collections.deque()
+    lag = 2 * len(devs) if (needs_host or progress) else 0
+    claim = claims.Claims(store.path) if store is not None and tasks else None
+    mirrored, symmetric = stats.mirrored, layout.symmetric
+    pending, unchecked = collections.deque(), []
 
     def retire():
-      i, j, out = pending.popleft()
+      i, j, (out, ok) = pending.popleft()
       if lag:
-        out = jax.block_until_ready(out)
-      vals = {p: v for p, v, _ in B.flatten_output(out)[1]}
+        out, ok = jax.block_until_ready((out, ok))
+        if not bool(ok):  # before anything is written or kept
+          self._explain(job, layout, i, j)
+      else:
+        unchecked.append((i, j, ok))
+      vals = {p: v for p, v, _ in blocks.flatten_output(out)[1]}
       sink.put(i, j, vals, mirrored and i != j)
+      if claim is not None:
+        claim.release(resume.claim_name(i, j))
       stats.computed += 1
       stats.computed_blocks.append((i, j))
       bar.update(1)
 
+    order = tasks if claim is None else resume.claimed(tasks, store, claim,
+                                                       redo)
     try:
-      for t, (i, j) in enumerate(tasks):
-        dev = devices[t % len(devices)]
+      t = 0
+      for task in order:
+        if task is None:  # waiting for other processes: finish ours first
+          while pending:
+            retire()
+          continue
+        i, j = task
+        dev = devs[t % len(devs)]
+        t += 1
         stats.per_device[dev.id] = stats.per_device.get(dev.id, 0) + 1
-        xb1, xb2, p1, p2, keys = D.put(inputs(i, j), dev)
-        fn = job.fn(symmetric and i == j)
-        out = fn(xb1, xb2, *dyn[dev], p1, p2, keys)
-        pending.append((i, j, out))
+        xb1, xb2, p1, p2, keys = devices.put(layout.inputs(i, j), dev)
+        fn = job.fn(symmetric and i == j, checked=True)
+        pending.append((i, j, fn(xb1, xb2, *dyn[dev], p1, p2, keys)))
         while len(pending) > lag:
           retire()
       while pending:
         retire()
     finally:
       bar.close()
+      if claim is not None:
+        claim.release_all()
+    for i, j, ok in unchecked:
+      if not bool(ok):
+        self._explain(job, layout, i, j)
 
-    values = {}
+  def _explain(self, job, layout, i, j):
+    """Raises for a block with NaN or infinite values: ``kernel_fn``'s own
+    error (run on the concrete block, naming the layer) or ours."""
+    where = layout.where(i, j)
+    dyn_args, dyn_kwargs = job.dynamic()
+    try:
+      job.plain_fn(layout.symmetric and i == j)(*layout.inputs(i, j)[:2],
+                                                dyn_args, dyn_kwargs,
+                                                *layout.inputs(i, j)[2:])
+    except (FloatingPointError, ValueError) as e:
+      try:
+        err = type(e)(f"batch: {where}: {e}")
+      except Exception:  # noqa: BLE001 - an exception with another signature
+        err = KernelOverflowError(f"batch: {where}: {e}")
+      raise err from e
+    raise KernelOverflowError(
+        f"batch: kernel_fn returned NaN or infinite values for {where} (its "
+        f"inputs are finite). Check the kernel function, or enable float64 "
+        f"with jax.config.update('jax_enable_x64', True) if it overflowed.")
+
+  def _finish(self, job, x1, x2, desc, specs, sink, store, store_path,
+              device0, stats):
+    """The user-facing output: leaves from the sink, flags, nested
+    ``diagonal_batch=False`` covariances; marks a store complete."""
+    values, flags = {}, {}
     flag = same_inputs(x1, x2)
     for k, spec in enumerate(specs):
-      if spec.kind == B.FLAG:
-        values[k] = np.asarray(flag, spec.dtype)
-        if store is not None:
-          store.write_flag(k, values[k])
-      elif spec.kind in (B.PAIR, B.ROW, B.COL, B.CONST):
+      if spec.kind == blocks.FLAG:
+        values[k] = flags[k] = np.asarray(flag, spec.dtype)
+      elif spec.kind in (blocks.PAIR, blocks.ROW, blocks.COL, blocks.CONST):
         values[k] = sink.leaf(k)
     for k, spec in enumerate(specs):
-      if spec.kind not in (B.ROWROW, B.COLCOL) or spec.source is None:
+      if (spec.kind not in (blocks.ROWROW, blocks.COLCOL) or
+          spec.source is None):
         continue
       if spec.source.startswith("leaf:"):
         values[k] = values[int(spec.source[5:])]
       else:
-        sub_x = x1 if spec.kind == B.ROWROW else x2
+        sub_x = x1 if spec.kind == blocks.ROWROW else x2
         sub_store = (None if store_path is None else
                      os.path.join(store_path, spec.source))
-        sub_job = job.self_job("nngp", first=spec.kind == B.ROWROW)
+        sub_job = job.self_job("nngp", first=spec.kind == blocks.ROWROW)
         values[k] = self._run(sub_job, sub_x, None, sub_store, False)
         self.last_run = stats
     if store is not None:
-      store.set_complete()
+      store.set_complete(flags)
     if store is not None or not self.store_on_device:
       values = {k: np.asarray(v) if v is not None else None
                 for k, v in values.items()}
@@ -317,7 +407,7 @@ class BatchedKernelFn:
     elif store is None:
       values = {k: None if v is None else jnp.asarray(v)
                 for k, v in values.items()}
-    return assemble.build_output(desc, specs, grid, values)
+    return assemble.build_output(desc, specs, stats.grid, values)
 
   # -- Kernel inputs (neural-tangents' kernel_fn(kernel) form) ----------------
   def _run_kernel(self, job: BlockJob, k):
@@ -327,13 +417,13 @@ class BatchedKernelFn:
     first = jax.tree_util.tree_leaves(
         k, is_leaf=lambda l: isinstance(l, Kernel))[0]
     n1, n2 = first.nngp.shape[:2]
-    devices = D.select_devices(self.device_count)
+    devs = devices.select_devices(self.device_count)
     bs = self.batch_size
     if bs == "auto" or bs == 0:
       b1, b2 = n1, n2
     else:
       b1, b2 = min(bs, n1), min(bs, n2)
-    grid = B.Grid(n1, n2, b1, b2, False)
+    grid = blocks.Grid(n1, n2, b1, b2, False)
     cov2_none = first.cov2 is None
 
     def block(i, j):
@@ -345,135 +435,24 @@ class BatchedKernelFn:
     fn = job.fn(True)
     outs = {}
     for t, (i, j) in enumerate(grid.tasks(False)):
-      dev = devices[t % len(devices)]
-      outs[(i, j)] = fn(D.put(block(i, j), dev), None,
-                        *D.put((dyn_args, dyn_kwargs), dev), {}, {}, None)
-    desc, leaves = B.flatten_output(outs[(0, 0)])
-    specs = [dataclasses.replace(s, kind=B.CONST) if s.kind == B.FLAG else s
-             for s in _leaf_specs(job, leaves, grid, None, None, None)]
+      dev = devs[t % len(devs)]
+      outs[(i, j)] = fn(devices.put(block(i, j), dev), None,
+                        *devices.put((dyn_args, dyn_kwargs), dev), {}, {}, None)
+    desc, leaves = blocks.flatten_output(outs[(0, 0)])
+    specs = [dataclasses.replace(s, kind=blocks.CONST)
+             if s.kind == blocks.FLAG else s
+             for s in plan.leaf_specs(job, leaves, grid, None, None, None)]
     sink = assemble.MemorySink(specs, grid, self.store_on_device,
-                               devices[0] if len(devices) > 1 else None)
+                               devs[0] if len(devs) > 1 else None)
     for (i, j), out in outs.items():
-      sink.put(i, j, {p: v for p, v, _ in B.flatten_output(out)[1]}, False)
+      sink.put(i, j, {p: v for p, v, _ in blocks.flatten_output(out)[1]}, False)
     values = {k: sink.leaf(k) for k, s in enumerate(specs)
-              if s.kind in (B.PAIR, B.ROW, B.COL, B.CONST)}
+              if s.kind in (blocks.PAIR, blocks.ROW, blocks.COL, blocks.CONST)}
     if cov2_none:
       values = {k: None if specs[k].field == "cov2" else v
                 for k, v in values.items()}
     self.last_run = RunStats(grid=grid, computed=len(outs),
-                             devices=len(devices))
+                             devices=len(devs))
     return assemble.build_output(desc, specs, grid, values)
 
 
-# -- helpers ---------------------------------------------------------------------
-
-def _validated(x1, x2):
-  """Host numpy copies of the inputs, checked like ``kernel_fn`` would."""
-  def host(tree, name):
-    leaves = jax.tree_util.tree_leaves(tree)
-    if not leaves:
-      raise ValueError(f"batch: {name} has no arrays.")
-    for a in leaves:
-      if not hasattr(a, "shape") or np.ndim(a) < 1:
-        raise ValueError(f"batch: {name} must be arrays with a leading "
-                         f"sample axis; got {type(a).__name__} of shape "
-                         f"{getattr(a, 'shape', ())}.")
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-  x1 = host(x1, "x1")
-  n1 = {a.shape[0] for a in jax.tree_util.tree_leaves(x1)}
-  if len(n1) > 1:
-    raise ValueError(f"batch: the arrays of x1 have different numbers of "
-                     f"samples {sorted(n1)}.")
-  if x2 is None:
-    return x1, None
-  x2 = host(x2, "x2")
-  l1, t1 = jax.tree_util.tree_flatten(x1)
-  l2, t2 = jax.tree_util.tree_flatten(x2)
-  if t1 != t2:
-    raise ValueError(f"batch: x1 and x2 must have the same structure; got "
-                     f"{t1} and {t2}.")
-  for a, b in zip(l1, l2):
-    if a.shape[1:] != b.shape[1:]:
-      raise ValueError(f"batch: x1 and x2 must have the same shape apart from "
-                       f"the sample axis; got x1 {a.shape} and x2 {b.shape}.")
-  return x1, x2
-
-
-def _n(tree) -> int:
-  return jax.tree_util.tree_leaves(tree)[0].shape[0]
-
-
-def _hints(job: BlockJob) -> tuple[Optional[bool], Optional[bool]]:
-  """``(diagonal_batch, diagonal_spatial)`` the call will use, if known."""
-  kw = job.static_kwargs
-  db, ds = kw.get("diagonal_batch"), kw.get("diagonal_spatial")
-  reqs = getattr(job.kernel_fn, "reqs", None)
-  if reqs is not None and hasattr(reqs, "default_diagonal_spatial"):
-    db = reqs.diagonal_batch_ok if db is None else db
-    ds = reqs.default_diagonal_spatial if ds is None else ds
-  return db, ds
-
-
-def _leaf_specs(job, leaves, grid: B.Grid, x1p, pair1, keys) -> list:
-  """`LeafSpec` per output leaf: kind, and for symmetric grids the mirror."""
-  db_hint, ds_hint = _hints(job)
-  specs, probe = [], []
-  for path, v, kernel in leaves:
-    field = path.rsplit("/", 1)[-1]
-    db = kernel.diagonal_batch if kernel is not None else db_hint
-    kind = B.leaf_kind(field, tuple(v.shape), grid.b1, grid.b2, db)
-    rule, source = None, None
-    if kind == B.PAIR and grid.symmetric:
-      ds = kernel.diagonal_spatial if kernel is not None else (
-          ds_hint if field in ("nngp", "ntk") else None)
-      if ds is not None:
-        rule = B.BATCH if ds else B.ZIPPED
-      else:
-        probe.append(len(specs))
-    specs.append(B.LeafSpec(path, kind, tuple(v.shape),
-                            np.dtype(v.dtype).name, rule, source))
-  # rowrow/colcol: the full cov1/cov2 is the nngp of x1 (x2) with itself.
-  for k, s in enumerate(specs):
-    if s.kind in (B.ROWROW, B.COLCOL):
-      prefix = s.path[:-len(s.field)]
-      nngp = [m for m, t in enumerate(specs)
-              if t.path == prefix + "nngp" and t.kind == B.PAIR]
-      if grid.symmetric and s.kind == B.ROWROW and nngp:
-        src = f"leaf:{nngp[0]}"
-      elif grid.symmetric:
-        src = None if s.kind == B.COLCOL else "aux_cov1"
-      else:
-        src = "aux_cov1" if s.kind == B.ROWROW else "aux_cov2"
-      specs[k] = dataclasses.replace(s, source=src)
-  if probe:
-    rules = _probe_mirror(job, [specs[k] for k in probe], x1p, pair1, keys,
-                          grid)
-    for k, rule in zip(probe, rules):
-      specs[k] = dataclasses.replace(specs[k], mirror=rule)
-  return specs
-
-
-def _probe_mirror(job, specs, x1p, pair1, keys, grid) -> list:
-  """Mirror rules for pair leaves of unknown layout, read off a small
-  symmetric kernel: the rule that maps ``K(x, x)`` onto itself, or None."""
-  m = min(grid.n1, 3)
-  if m < 2:  # one sample: one block, nothing to mirror
-    return [B.BATCH] * len(specs)
-  take = lambda t: jax.tree_util.tree_map(lambda a: a[:m], t)
-  dyn_args, dyn_kwargs = job.dynamic()
-  out = job.fn(True)(take(x1p), None, dyn_args, dyn_kwargs, take(pair1),
-                     take(pair1), keys)
-  vals = {p: np.asarray(v) for p, v, _ in B.flatten_output(out)[1]}
-  rules = []
-  for s in specs:
-    v = vals[s.path].astype(np.float64)
-    tol = 1e-4 * max(float(np.max(np.abs(v))), 1e-30)
-    ok = [r for r in ((B.ZIPPED, B.BATCH) if (v.ndim - 2) % 2 == 0
-                      else (B.BATCH,))
-          if np.allclose(v, B.mirror(v, r), rtol=1e-4, atol=tol)]
-    if v.ndim == 2 and ok:
-      rules.append(B.BATCH)
-    else:
-      rules.append(ok[0] if len(ok) == 1 else None)
-  return rules

@@ -22,7 +22,7 @@ from jax.tree_util import tree_map
 
 from ..axes import Axes
 from ..kernel import canonical_get, namedtuple_type
-from . import _common
+from . import _common, validation
 from ._common import (DEFAULT_NTK_FWD, DEFAULT_NTK_IMPLEMENTATION,
                       DEFAULT_NTK_J_RULES, DEFAULT_NTK_S_RULES,
                       NtkImplementation)
@@ -48,6 +48,7 @@ def empirical_nngp_fn(f: Callable, trace_axes: Axes = (-1,),
     once.
   """
   def nngp_fn(x1, x2=None, params=None, **kwargs):
+    validation.check_finite("empirical_nngp_fn", x1, x2, params)
     kw1, kw2 = _common.split_kwargs(kwargs, x1, x2)
     _common.check_params(f, params, x1, kw1)
     out1 = f(params, x1, **kw1)
@@ -101,10 +102,12 @@ def empirical_ntk_fn(
                   f"mode is always used for df/dy); it is accepted for "
                   f"neural-tangents compatibility.", UserWarning, stacklevel=2)
   if impl == NtkImplementation.AUTO:
-    return auto_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes,
-                       _j_rules=_j_rules, _s_rules=_s_rules, _fwd=_fwd)
-  return method_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, impl,
-                       _j_rules, _s_rules, _fwd)
+    return validation.checked(auto_ntk_fn(
+        f, trace_axes, diagonal_axes, vmap_axes, _j_rules=_j_rules,
+        _s_rules=_s_rules, _fwd=_fwd), "empirical_ntk_fn")
+  return validation.checked(method_ntk_fn(
+      f, trace_axes, diagonal_axes, vmap_axes, impl, _j_rules, _s_rules,
+      _fwd), "empirical_ntk_fn")
 
 
 # Names an empirical kernel can give, and what ``get=None`` means.

@@ -18,3 +18,7 @@ __all__ = ["gradient_descent_mse", "gradient_descent",
            "max_learning_rate", "ODEState", "Gaussian", "Cholesky", "CG",
            "CGInfo", "KernelBlocks", "cg_solve", "check_psd", "PSDReport",
            "odeint"]
+
+from .evidence import leave_one_out_log_likelihood, log_marginal_likelihood
+
+__all__ += ["log_marginal_likelihood", "leave_one_out_log_likelihood"]

@@ -32,14 +32,14 @@ ArrayOrScalar = Union[None, int, float, jax.Array, np.ndarray]
 KINDS = ("nngp", "ntk", "ntkgp")
 
 
-def _x64_available() -> bool:
+def x64_available() -> bool:
   return jax.dtypes.canonicalize_dtype(jnp.float64) == np.float64
 
 
 def precision(dtype) -> contextlib.AbstractContextManager:
   """A context in which ``dtype`` (e.g. float64) is usable even without x64."""
   if dtype is not None and np.dtype(dtype) == np.float64 and \
-      not _x64_available():
+      not x64_available():
     return jax.enable_x64(True)
   return contextlib.nullcontext()
 

@@ -218,13 +218,13 @@ def _preconditioner(op, mu, name, rank, block_size, seed):
 def _cg_step(x, r, p, rz, ap, active):
   pap = jnp.sum(p * ap, axis=0)
   alpha = jnp.where(active & (pap > 0), rz / jnp.where(pap > 0, pap, 1.), 0.)
-  return x + alpha * p, r - alpha * ap
+  return x + alpha[None] * p, r - alpha[None] * ap
 
 
 def _cg_direction(r, z, p, rz):
   rz_new = jnp.sum(r * z, axis=0)
   beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.), 0.)
-  return z + beta * p, rz_new
+  return z + beta[None] * p, rz_new
 
 
 _cg_step_jit = jax.jit(_cg_step)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from . import solvers
+from . import validation
 from ._common import (Axes, Layout, canonical_predict_get, check_diag_reg,
                       check_test_train, check_train, eval_context,
                       from_2d, get_kernel, is_array,
@@ -86,6 +87,7 @@ def _gp_inference(
     *,
     solver: Any = None,
 ) -> Callable:
+  validation.check_finite("gp_inference", y_train=y_train)
   y_train = jnp.asarray(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
@@ -118,6 +120,8 @@ def _gp_inference(
       ``Gaussians`` of them in ``get`` order.
     """
     names, single = canonical_predict_get(get)
+    validation.check_finite("gp_inference", k_test_train=k_test_train,
+                            k_test_test=k_test_test)
     out = {}
     for g in names:
       kind = "ntk" if g == "ntkgp" else g

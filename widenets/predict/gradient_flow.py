@@ -28,15 +28,17 @@ and on the train set :math:`K e^{-2K\tau}` (NNGP) and
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from . import solvers
+from . import solvers, validation
 from ._common import (ArrayOrScalar, Axes, Layout, canonical_predict_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
                       eval_context, first_kernel, from_2d, is_array,
+                      is_concrete,
                       kernel_dependencies, pack_get, to_2d)
 from .gp import Gaussian, gp_inference
 
@@ -47,14 +49,42 @@ def _decay(evals: jax.Array, tau: jax.Array) -> jax.Array:
   """``exp(-lambda tau)`` for ``lambda > 0``, else 1; shape ``(T, n)``."""
   pos = evals > 0
   lam = jnp.where(pos, evals, 0.)
-  return jnp.where(pos, jnp.exp(-lam * tau[:, None]), 1.)
+  return jnp.where(pos[None], jnp.exp(-lam[None] * tau[:, None]), 1.)
 
 
 def _phi(evals: jax.Array, tau: jax.Array) -> jax.Array:
   """``(1 - exp(-lambda tau)) / lambda`` for ``lambda > 0``, else 0."""
   pos = evals > 0
   lam = jnp.where(pos, evals, 1.)
-  return jnp.where(pos, -jnp.expm1(-lam * tau[:, None]) / lam, 0.)
+  return jnp.where(pos[None], -jnp.expm1(-lam[None] * tau[:, None]) / lam[None], 0.)
+
+
+def _lead(x: jax.Array, t_shape: tuple) -> jax.Array:
+  """``x`` with a unit axis per time axis in front (explicit broadcasting)."""
+  return jnp.reshape(x, (1,) * len(t_shape) + jnp.shape(x))
+
+
+def _factor_or_singular(solver, k2d, diag_reg, absolute, cache: dict) -> bool:
+  """Caches the factor of ``K + r I`` in ``cache['f']``; True if singular.
+
+  With the default `Cholesky` solver and a concrete kernel, a kernel that is
+  singular to working precision is not regularized further: ``t=None`` then
+  takes the eigendecomposition path, so that it equals ``t=inf``
+  (directions with eigenvalues <= 0 keep their initial outputs). Other
+  solvers (and traced kernels) keep their own failure handling.
+  """
+  if "f" in cache:
+    return False
+  s = solvers.make_solver(solver)
+  if (isinstance(s, solvers.Cholesky) and s.on_failure == "regularize" and
+      not getattr(k2d, "matrix_free", False) and is_concrete(k2d)):
+    try:
+      with eval_context():
+        cache["f"] = dataclasses.replace(s, on_failure="raise").factor(
+            k2d, diag_reg, absolute)
+    except ValueError:
+      return True
+  return False
 
 
 def _times(t, learning_rate, normalization) -> tuple[tuple, jax.Array]:
@@ -65,8 +95,8 @@ def _times(t, learning_rate, normalization) -> tuple[tuple, jax.Array]:
 class _Eigen:
   """Cached `solvers.Eigen` of a kernel, computed once for all ``t``."""
 
-  def __init__(self, diag_reg, absolute, solver):
-    self.diag_reg, self.absolute = diag_reg, absolute
+  def __init__(self, diag_reg, absolute, solver, where: str):
+    self.diag_reg, self.absolute, self.where = diag_reg, absolute, where
     self.dtype = getattr(solvers.make_solver(solver), "dtype", None)
     self._cache = {}
 
@@ -78,6 +108,9 @@ class _Eigen:
       with eval_context():
         self._cache[key] = solvers.Eigen.of(k2d, self.diag_reg, self.absolute,
                                             self.dtype)
+      name = "k_train_train" if key == 0 else f"{key} train-train kernel"
+      validation.warn_indefinite(self.where, self._cache[key].evals,
+                                 self._cache[key].dtype, name)
     return self._cache[key]
 
 
@@ -114,12 +147,16 @@ def gradient_descent_mse(
     the first call and cached; a ``t=None`` call after a finite-``t`` call
     reuses the eigendecomposition.
   """
+  where = "gradient_descent_mse"
+  validation.check_finite(where, y_train=y_train)
+  validation.check_learning_rate(where, learning_rate)
   y_train = jnp.asarray(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
   check_train(k_train_train, y_train, layout)
   k2d = to_2d(k_train_train)
-  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver)
+  validation.check_train_kernel(where, k2d)
+  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver, where)
   solve_inf = {}
 
   def factor():
@@ -137,6 +174,9 @@ def gradient_descent_mse(
   ):
     """Outputs on the train [and test] set at time[s] ``t``."""
     check_fx(fx_train_0, fx_test_0, k_test_train)
+    validation.check_time(where, t, learning_rate)
+    validation.check_finite(where, fx_train_0=fx_train_0, fx_test_0=fx_test_0,
+                            k_test_train=k_test_train)
     test_shape = None
     if k_test_train is not None:
       test_shape = check_test_train(k_test_train, layout)
@@ -148,6 +188,9 @@ def gradient_descent_mse(
     rhs = y_train if fx_train_0 is None else y_train - fx_train_0
     rhs = layout.flatten(rhs)
 
+    if t is None and not eigen.has(0) and _factor_or_singular(
+        solver, k2d, diag_reg, diag_reg_absolute_scale, solve_inf):
+      eigen(0, k2d)  # t=None is t=inf: the flow's limit, as below
     if t is None and not eigen.has(0):
       fx_train_t = y_train.astype(k2d.dtype)
       if fx_test_0 is None:
@@ -166,12 +209,14 @@ def gradient_descent_mse(
       if fx_train_0 is not None:
         d = jnp.einsum("ij,tj,jc->tic", v, 1 - _decay(lam, tau), proj)
         d = layout.unflatten(d.astype(eig.out_dtype), layout.kernel_shape)
-        out.append(fx_train_0 + d.reshape(t_shape + y_train.shape))
+        out.append(_lead(fx_train_0, t_shape)
+                   + d.reshape(t_shape + y_train.shape))
       if fx_test_0 is not None:
         a = eig.cast(k_td) @ v
         d = jnp.einsum("mj,tj,jc->tmc", a, _phi(lam, tau), proj)
         d = layout.unflatten(d.astype(eig.out_dtype), test_shape)
-        out.append(fx_test_0 + d.reshape(t_shape + fx_test_0.shape))
+        out.append(_lead(fx_test_0, t_shape)
+                   + d.reshape(t_shape + fx_test_0.shape))
     return out[0] if len(out) == 1 else tuple(out)
 
   return predict_fn
@@ -248,6 +293,9 @@ def gradient_descent_mse_ensemble(
     times ``t`` (any shape; ``None`` = inf), for ``get`` in
     ``'nngp'``/``'ntk'``/a tuple/``None`` (both; a ``Gaussians`` namedtuple).
   """
+  where = "gradient_descent_mse_ensemble"
+  validation.check_finite(where, y_train=y_train)
+  validation.check_learning_rate(where, learning_rate)
   x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
   if x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "
@@ -257,7 +305,7 @@ def gradient_descent_mse_ensemble(
   layout = Layout(y_train.shape, trace_axes)
   y2 = layout.flatten(y_train)
   k_dd_cache: dict = {}
-  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver)
+  eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver, where)
   inf_cache: dict = {}
 
   def k_train_train(deps):
@@ -274,6 +322,7 @@ def gradient_descent_mse_ensemble(
                  get=None, compute_cov: bool = False,
                  **kernel_fn_test_test_kwargs):
     """Mean [and covariance] of the ensemble's outputs at time[s] ``t``."""
+    validation.check_time(where, t, learning_rate)
     names, single = canonical_predict_get(get, ("nngp", "ntk"))
     deps = kernel_dependencies(names, compute_cov)
     k_dd = k_train_train(deps)
@@ -353,7 +402,7 @@ def _ensemble_moments(g, eig, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
 
   if k_td is None:
     if g == "nngp":
-      w = jnp.maximum(lam, 0.) * _decay(lam, 2 * tau)
+      w = jnp.maximum(lam, 0.)[None] * _decay(lam, 2 * tau)
       cov = jnp.einsum("ij,tj,kj->tik", v, w, v)
     else:
       e = jnp.einsum("ij,tj,kj->tik", v, _decay(lam, tau), v)
@@ -361,12 +410,12 @@ def _ensemble_moments(g, eig, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
     return mean, cov
 
   if g == "nngp":
-    cov = nngp_tt - jnp.einsum("mj,tj,lj->tml", a, _phi(lam, 2 * tau), a)
+    cov = nngp_tt[None] - jnp.einsum("mj,tj,lj->tml", a, _phi(lam, 2 * tau), a)
   else:
     # X_t = Theta^{-1}(I - e^{-Theta tau}) Theta_*^T, shape (T, n, m).
     x = jnp.einsum("ij,tj,mj->tim", v, phi, a)
     cov = jnp.swapaxes(x, 1, 2) @ (k_dd["nngp"] @ x)
     c = v.T @ k_td["nngp"].T                                    # (n, m)
     term_2 = jnp.einsum("mj,tj,jl->tml", a, phi, c)
-    cov = cov - term_2 - jnp.swapaxes(term_2, 1, 2) + nngp_tt
+    cov = cov - term_2 - jnp.swapaxes(term_2, 1, 2) + nngp_tt[None]
   return mean, cov

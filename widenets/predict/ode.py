@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import pytree_dataclass
+from . import validation
 from ._common import (ArrayOrScalar, Axes, Layout, check_fx, check_test_train,
                       check_train, is_concrete, to_2d)
 from .odeint import odeint
@@ -90,6 +91,9 @@ def gradient_descent(
     outputs stop changing), with leading axes ``t.shape``; an `ODEState` in
     gives an `ODEState` out.
   """
+  validation.check_finite("gradient_descent", y_train=y_train,
+                          k_train_train=k_train_train)
+  validation.check_learning_rate("gradient_descent", learning_rate)
   y_train = jnp.asarray(y_train)
   k_train_train = jnp.asarray(k_train_train)
   layout = Layout(y_train.shape, trace_axes)
@@ -157,6 +161,9 @@ def gradient_descent(
       k_test_train: Optional[jax.Array] = None,
   ):
     """Outputs (or the `ODEState`) at time[s] ``t``."""
+    validation.check_time("gradient_descent", t, learning_rate)
+    validation.check_finite("gradient_descent", k_test_train=k_test_train,
+                            fx_test_0=fx_test_0)
     is_state = isinstance(fx_train_or_state_0, ODEState)
     if is_state:
       if fx_test_0 is not None:

@@ -36,7 +36,7 @@ from ._common import is_concrete, precision, to_2d
 from .cg import CG
 
 __all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
-           "regularizer", "precision", "make_solver"]
+           "regularizer", "precision", "make_solver", "regularized_cholesky"]
 
 
 def regularizer(a2d: jax.Array, diag_reg, absolute: bool) -> jax.Array:
@@ -50,14 +50,14 @@ def _compute_dtype(solver_dtype, kernel_dtype):
   return np.dtype(kernel_dtype if solver_dtype is None else solver_dtype)
 
 
-def _regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
+def regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
   # The lower triangle only, as LAPACK and jax.scipy.linalg.cho_factor (and
   # so neural-tangents) read it: symmetrizing first is one more (n, n) pass.
   return jnp.linalg.cholesky(a + reg * jnp.eye(a.shape[0], dtype=a.dtype),
                              symmetrize_input=False)
 
 
-_cholesky = jax.jit(_regularized_cholesky)
+_cholesky = jax.jit(regularized_cholesky)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -66,7 +66,7 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
   n = a.shape[0]
   scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(a.dtype).tiny
   reg = regularizer(a, diag_reg, absolute).astype(a.dtype)
-  chol = _regularized_cholesky(a, reg)
+  chol = regularized_cholesky(a, reg)
   return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
 
 

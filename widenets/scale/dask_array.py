@@ -22,7 +22,8 @@ import numpy as np
 
 from ..batching import assemble, blocks
 from ..batching.job import BlockJob
-from ..batching.runner import BatchedKernelFn, _leaf_specs, _validated
+from ..batching.plan import leaf_specs, validated_inputs
+from ..batching.runner import BatchedKernelFn
 from ..kernel import same_inputs
 
 __all__ = ["kernel_array"]
@@ -103,7 +104,7 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
 
   job = BlockJob(kernel_fn, (get,) + tuple(args), kwargs)
   symmetric = x2 is None
-  x1, x2 = _validated(x1, x2)
+  x1, x2 = validated_inputs(x1, x2)
   n1 = jax.tree_util.tree_leaves(x1)[0].shape[0]
   n2 = n1 if symmetric else jax.tree_util.tree_leaves(x2)[0].shape[0]
   if chunks is None or chunks == "auto":
@@ -130,7 +131,7 @@ def kernel_array(kernel_fn, x1, x2=None, get="ntk", chunks: Union[int, str,
       take(pair1, slice(0, b1)), take(pair2, slice(0, b2)),
       None if keys1 is None else (keys1[0], keys2[0]))
   desc, leaves = blocks.flatten_output(shape_out)
-  specs = _leaf_specs(job, leaves, grid, x1p, pair1,
+  specs = leaf_specs(job, leaves, grid, x1p, pair1,
                       None if keys1 is None else (keys1[0], keys2[0]))
   mirrored = symmetric and all(s.mirror is not None for s in specs
                                if s.kind == blocks.PAIR)

@@ -23,7 +23,12 @@ Where each layer lives (``stax/``)::
   serial, parallel, repeat                        combinators.py
   MaskedArray, unmask_fn                          masking.py
   Padding                                         stencil.py
-  layer, Requirements, KernelFn                   layer.py
+  layer (the decorator)                           layer.py
+  Requirements (the layout algebra)               requirements.py
+  KernelFn (the public kernel_fn call)            kernel_fn.py
+  KernelOverflowError (overflow flags)            overflow.py
+  serial's runs of identical layers as loops      runs.py
+  argument validation of every layer              validation.py
   Relu, ABRelu, LeakyRelu, Abs, Sign              activations/arccos.py
   Erf, Sigmoid_like                               activations/erf.py
   Exp, ExpNormalized, Gaussian, Gabor             activations/exp.py
@@ -35,7 +40,9 @@ Where each layer lives (``stax/``)::
   Elementwise, ElementwiseNumerical               activations/custom.py
 
 Shared kernel primitives: ``covariance.py`` (pairwise maps over covariance
-blocks), ``chunking.py`` (row blocks of large inputs), ``stencil.py``
+blocks), ``inputs.py`` (the `Kernel` of raw inputs), ``packing.py``
+(``x2=None`` as upper-triangle blocks: pad/pack and unpack/trim),
+``chunking.py`` (row blocks of large inputs), ``stencil.py``
 (windows and padding), ``activations/base.py`` (the elementwise layer
 constructor), ``activations/quadrature.py`` and ``activations/atan2.py``
 (numerical helpers of the activation families).
@@ -50,6 +57,7 @@ from .attention import (AttentionMechanism, GlobalSelfAttention,
 from .branching import FanInConcat, FanInProd, FanInSum, FanOut
 from .combinators import parallel, repeat, serial
 from .conv import Conv, ConvLocal, ConvTranspose
+from .custom import Bool, Diagonal, requires, supports_masking
 from .dense import Dense
 from .dropout import Dropout
 from .graph import Aggregate, AggregateImplementation, DotGeneral

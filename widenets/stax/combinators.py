@@ -5,10 +5,10 @@ import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from ..kernel import Kernel
 from . import sharing
+from . import runs
 from .kernel_fn import KernelFn
 from .overflow import FlagRecorder
 from .requirements import Requirements
@@ -41,6 +41,12 @@ def _apply(kernel_fn, k, flags: FlagRecorder, **kwargs):
   return kernel_fn(k, **kwargs)
 
 
+def _apply_block(fns, k, flags: FlagRecorder, **kwargs):
+  for f in fns:
+    k = _apply(f, k, flags, **kwargs)
+  return k
+
+
 def serial(*layers):
   """Composes layers: ``serial(f, g)(x) = g(f(x))``.
 
@@ -65,9 +71,15 @@ def serial(*layers):
       inputs = f(p, inputs, rng=r, **kwargs)
     return inputs
 
+  # Identical consecutive blocks run as one loop (see `runs`), so compile
+  # time grows with the number of distinct blocks, not with depth.
+  kernel_runs = runs.find_runs(kernel_fns)
+
   def rule(k, flags, **kwargs):
-    for f in kernel_fns:
-      k = _apply(f, k, flags, **kwargs)
+    for start, period, repeats in kernel_runs:
+      block = functools.partial(_apply_block, kernel_fns[start:start + period],
+                                **kwargs)
+      k = runs.scan_block(block, k, repeats, flags)
     return k
 
   reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
@@ -145,22 +157,8 @@ def repeat(layer, n: int):
   def rule(k, flags, **kwargs):
     if n == 0:
       return k
-    k = _apply(kernel_fn, k, flags, **kwargs)  # fixes the carried structure
-    names = []
-
-    def step(k, _):
-      # The loop body's flags leave it as scan outputs (a recorder of its
-      # own), not as tracers of the body kept by the enclosing one.
-      body_flags = flags.child()
-      k = _apply(kernel_fn, k, body_flags, **kwargs)
-      recorded = body_flags.result()
-      names[:] = recorded.names
-      return k, recorded.all_ok()
-
-    k, oks = jax.lax.scan(step, k, None, n - 1)
-    if names:
-      flags.record(names[0], jnp.all(oks))
-    return k
+    block = functools.partial(_apply, kernel_fn, **kwargs)
+    return runs.scan_block(block, k, n, flags)
 
   name = f"repeat({getattr(kernel_fn, '__name__', '?')}, {n})"
   reqs = _reqs_of(kernel_fn)

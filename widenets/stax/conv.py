@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from ..kernel import Kernel
-from . import masking, stencil
+from . import masking, stencil, validation
 from .dense import affine_kernel, check_parameterization
 from .layer import Requirements, layer
 from .stencil import Padding
@@ -54,8 +54,15 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
                 b_std: Optional[float], dimension_numbers, parameterization,
                 s, transpose: bool, shared: bool):
   """The ``(init_fn, apply_fn, rule, reqs)`` of the three convolutions."""
+  validation.known_parameterization(name, parameterization)
+  validation.known_padding(name, padding)
   parameterization = check_parameterization(parameterization, s)
-  filter_shape = tuple(filter_shape)
+  validation.positive_int(name, "out_chan", out_chan)
+  filter_shape = validation.positive_ints(name, "filter_shape", filter_shape)
+  strides = validation.positive_ints(name, "strides", strides or None)
+  validation.finite_float(name, "W_std", W_std)
+  validation.finite_float(name, "b_std", b_std, allow_none=True)
+  validation.positive_floats(name, "s", s)
   n_sp = len(filter_shape)
   strides = tuple(strides) if strides else (1,) * n_sp
   padding = stencil.as_padding(padding)

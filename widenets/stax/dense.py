@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from ..kernel import Kernel
-from . import covariance
+from . import covariance, validation
 from .layer import layer
 from .requirements import Requirements
 from .sharing import hyperparameters
@@ -81,7 +81,12 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = None,
   Params: ``(W, b)`` with ``W`` of shape ``(n_in, out_dim)`` and ``b`` of
   shape ``(1, ..., out_dim, ..., 1)`` (or ``None``).
   """
+  validation.known_parameterization("Dense", parameterization)
   parameterization = check_parameterization(parameterization, s)
+  validation.positive_int("Dense", "out_dim", out_dim)
+  validation.finite_float("Dense", "W_std", W_std)
+  validation.finite_float("Dense", "b_std", b_std, allow_none=True)
+  validation.positive_floats("Dense", "s", s)
 
   def init_fn(rng, input_shape):
     ndim = len(input_shape)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ..kernel import Kernel
-from . import masking
+from . import masking, validation
 from .layer import Requirements, layer
 
 
@@ -57,14 +57,17 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1):
   """
 
   def init_fn(rng, input_shape):
+    validation.index_in_range("Index", idx, input_shape)
     return jax.eval_shape(lambda x: x[idx], jax.ShapeDtypeStruct(
         tuple(input_shape), jnp.float32)).shape, ()
 
   def apply_fn(params, inputs, **kwargs):
+    validation.index_in_range("Index", idx, inputs.shape)
     return inputs[idx]
 
   def rule(k: Kernel, **kwargs) -> Kernel:
     ndim = len(k.shape1)
+    validation.index_in_range("Index", idx, k.shape1)
     full = _full_index(idx, ndim)
     ca, ba = k.channel_axis % ndim, k.batch_axis % ndim
     if full[ca] != slice(None):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import Kernel, same_inputs
-from . import covariance, masking
+from . import covariance, masking, validation
 
 __all__ = ["is_kernel_tree", "validate_inputs", "mask_inputs",
            "inputs_to_kernel"]
@@ -44,6 +44,9 @@ def validate_inputs(name: str, x1, x2, batch_axis: int = 0) -> None:
           f"{name}: inputs must be at least 2-D (a batch axis and a feature "
           f"axis); got shape {tuple(a.shape)}. For N scalar inputs use "
           f"x.reshape(-1, 1); for one example use x[None].")
+    validation.numeric_input(name, "x1", a, batch_axis)
+    if l2 is not None:
+      validation.numeric_input(name, "x2", l2[i], batch_axis)
     if l2 is not None:
       b = l2[i]
       rest = lambda s: tuple(d for i, d in enumerate(s)
@@ -60,7 +63,10 @@ def mask_inputs(x, mask_constant: Optional[float]):
   ``mask_constant``."""
   if mask_constant is None:
     return x, None
-  if np.isnan(mask_constant):
+  if isinstance(mask_constant, jax.Array):
+    mask = jnp.where(jnp.isnan(mask_constant), jnp.isnan(x),
+                     x == mask_constant.astype(x.dtype))
+  elif np.isnan(mask_constant):
     mask = jnp.isnan(x)
   else:
     mask = x == mask_constant

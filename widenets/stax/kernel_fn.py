@@ -120,6 +120,11 @@ def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int]) -> Kernel:
   return kk
 
 
+# The key under which an array ``mask_constant`` travels with the dynamic
+# arguments of the compiled call.
+MASK_KEY = "__mask_constant__"
+
+
 class KernelFn:
   """Public ``kernel_fn`` of a layer or network.
 
@@ -222,6 +227,8 @@ class KernelFn:
       return get_from(self.apply(x1_or_kernel, **kw), get)
 
     x1 = x1_or_kernel
+    if x2 is not None and not jax.tree_util.tree_leaves(x2):
+      x2 = None  # a structure of Nones, e.g. (None, None): x2 = x1
     validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     config, dynamic = self._config(x1, x2, get_t, kwargs)
     node = sharing.architecture(self)
@@ -258,6 +265,12 @@ class KernelFn:
     diagonal_batch = kwargs.pop("diagonal_batch", None)
     diagonal_spatial = kwargs.pop("diagonal_spatial", None)
     mask_constant = kwargs.pop("mask_constant", None)
+    if mask_constant is not None and not isinstance(mask_constant,
+                                                    (int, float)):
+      # An array (perhaps traced under the caller's jit): an argument of the
+      # compiled call, not part of its static configuration.
+      kwargs[MASK_KEY] = jnp.asarray(mask_constant)
+      mask_constant = MASK_KEY
     reqs = self.reqs
     if diagonal_spatial and not reqs.diagonal_spatial_ok:
       raise ValueError(
@@ -308,7 +321,10 @@ class KernelFn:
     Finiteness is checked inside the compiled call (fused reductions)
     rather than by eager passes around it.
     """
-    c = config.value
+    c = dict(config.value)
+    if c["mask_constant"] == MASK_KEY:
+      dynamic = dict(dynamic)
+      c["mask_constant"] = dynamic.pop(MASK_KEY)
     mask_constant = c["mask_constant"]
     mask = (None if mask_constant is None
             else lambda leaf: mask_inputs(leaf, mask_constant)[0])

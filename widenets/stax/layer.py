@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from . import masking, sharing
+from . import custom, masking, sharing
 from .kernel_fn import KernelFn
 from .requirements import Requirements
 
@@ -33,9 +33,11 @@ def make_layer(name: str, init_fn: Callable, apply_fn: Callable,
   apply_fn = masking.masked_apply(apply_fn, mask_rule)
   kernel_fn = KernelFn(rule, reqs, name, init_fn=init_fn, mask_rule=mask_rule,
                        masks=True, records_flags=records_flags)
-  for f in (init_fn, apply_fn):
+  # As neural-tangents: the three functions are named after the layer
+  # (``'Relu'``); messages and reprs use ``name`` (with its arguments).
+  for f in (init_fn, apply_fn, kernel_fn):
     try:
-      f.__name__ = name
+      f.__name__ = name.split("(", 1)[0]
     except (AttributeError, TypeError):
       pass
   return init_fn, apply_fn, kernel_fn
@@ -53,11 +55,18 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
   The ``kernel_fn`` records its `sharing.Architecture` with every argument
   structural; declare float hyperparameters with `sharing.hyperparameters`
   above ``@layer`` so that networks differing only in them share a program.
+
+  A function returning neural-tangents' triple ``(init_fn, apply_fn,
+  kernel_fn)``, with ``kernel_fn(kernel, **kwargs) -> kernel`` (see
+  `widenets.stax.custom` for `requires` and `supports_masking`), works too.
   """
 
   @functools.wraps(fn)
   def make(*args, **kwargs):
-    init_fn, apply_fn, rule, reqs, *mask_rule = fn(*args, **kwargs)
+    parts = fn(*args, **kwargs)
+    if len(parts) == 3:  # neural-tangents' form (see `custom`)
+      parts = custom.from_triple(*parts)
+    init_fn, apply_fn, rule, reqs, *mask_rule = parts
     return make_layer(_layer_name(fn.__name__, args, kwargs), init_fn,
                       apply_fn, rule, reqs,
                       mask_rule[0] if mask_rule else None)

@@ -17,7 +17,7 @@ from jax import lax
 
 from ..axes import spatial_axes
 from ..kernel import Kernel
-from . import masking, stencil
+from . import masking, stencil, validation
 from .layer import Requirements, layer
 
 
@@ -93,7 +93,9 @@ def window_geometry(name: str, window_shape, strides, padding,
   ``windows_for(in_spatial)`` gives the per-axis `stencil` windows (with the
   layer's clear errors) and ``init_fn`` the output shape.
   """
-  window_shape = tuple(int(s) for s in window_shape)
+  validation.known_padding(name, padding)
+  window_shape = validation.positive_ints(name, "window_shape", window_shape)
+  strides = validation.positive_ints(name, "strides", strides or None)
   strides = tuple(strides) if strides else (1,) * len(window_shape)
   padding = stencil.as_padding(padding)
   if len(strides) != len(window_shape):
@@ -163,7 +165,10 @@ def _pool_layer(name: str, window_shape, strides, padding,
     def f(mat, batch_ndim):
       if mat is None or jnp.ndim(mat) == 0:
         return mat
-      return stencil.pool(mat, batch_ndim, windows) / norm
+      # Batch axes stated explicitly (no implicit rank promotion).
+      lead = (1,) * (batch_ndim if jnp.ndim(norm) else 0)
+      return stencil.pool(mat, batch_ndim, windows) / jnp.reshape(
+          norm, lead + jnp.shape(norm))
 
     return k.replace(nngp=f(k.nngp, k.batch_ndim),
                      ntk=None if k.ntk is None else f(k.ntk, k.batch_ndim),

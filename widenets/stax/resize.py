@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from ..axes import spatial_axes
 from ..kernel import Kernel
-from . import masking
+from . import masking, validation
 from .layer import Requirements, layer
 
 
@@ -21,6 +21,7 @@ def ImageResize(shape, method, antialias: bool = True,
   every zipped pair (the channel axis must be kept: ``-1``).
   """
   shape = tuple(shape)
+  validation.resize_shape("ImageResize", shape)
 
   def target(input_shape):
     return tuple(int(d) if s == -1 else int(s)

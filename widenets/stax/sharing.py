@@ -162,23 +162,32 @@ def concrete(hyper) -> bool:
   return all(is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(hyper))
 
 
-@functools.partial(jax.jit, static_argnames=("key", "config"))
-def _compute(x1, x2, dynamic, hyper, key, config):
+@functools.partial(jax.jit, static_argnames=("key", "slots", "config"))
+def _compute(x1, x2, dynamic, values, key, slots, config):
   # Traced once per structure (and shapes, config): the network rebuilt with
   # traced hyperparameters computes what any network of this structure does.
+  # Equal values share one tracer, so that `runs` still sees the repeated
+  # layers of a deep network as the same and loops over them.
+  leaves = [values[i] for i in slots]
+  hyper = jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(key.node.hyper), leaves)
   return key.node.rebuild(hyper)[2]._compute(x1, x2, dynamic, config)
 
 
 def compute(node: Architecture, x1, x2, dynamic, config):
   """`KernelFn._compute` of the network ``node`` describes, through the one
-  program of its structure (Python-number hyperparameters become weakly
-  typed traced arguments: no program per value)."""
-  # Python ints as floats: a traced hyperparameter computes as the number
-  # the rule would have seen, not as an integer array.
-  hyper = jax.tree_util.tree_map(
-      lambda v: float(v) if isinstance(v, numbers.Integral) else v,
-      node.hyper)
-  return _compute(x1, x2, dynamic, hyper, _Key(node), config)
+  program of its structure: the distinct hyperparameter values are traced
+  arguments (Python ints as floats, so that a rule computes with the number
+  it would have seen), and which layers share a value is part of the key."""
+  values, slots, index = [], [], {}
+  for leaf in jax.tree_util.tree_leaves(node.hyper):
+    v = float(leaf) if isinstance(leaf, numbers.Integral) else leaf
+    key = (float(v), str(getattr(v, "dtype", "python")))
+    if key not in index:
+      index[key] = len(values)
+      values.append(v)
+    slots.append(index[key])
+  return _compute(x1, x2, dynamic, values, _Key(node), tuple(slots), config)
 
 
 def with_hyperparameters(kernel_fn, hyper):

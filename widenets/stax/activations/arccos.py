@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .. import validation
 from ..sharing import hyperparameters
 from .base import elementwise_layer, homogeneous_rescale, sine_and_angle
 
@@ -41,6 +42,9 @@ def ABRelu(a: float, b: float, do_stabilize: bool = False):
   before the rule and multiplies back after (the rule is 1-homogeneous), which
   keeps very deep networks from overflowing in float32.
   """
+  validation.finite_float("ABRelu", "a", a)
+  validation.finite_float("ABRelu", "b", b)
+
   def fn(x):
     return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
 
@@ -59,6 +63,7 @@ def Relu(do_stabilize: bool = False):
 @hyperparameters("alpha")
 def LeakyRelu(alpha: float, do_stabilize: bool = False):
   """``alpha * min(x, 0) + max(x, 0)``."""
+  validation.finite_float("LeakyRelu", "alpha", alpha)
   return ABRelu(alpha, 1, do_stabilize)
 
 
