@@ -15,6 +15,7 @@ Workloads (nngp and ntk, float32):
   each with ``x2`` given (``_x2``) and ``x2=None`` (``_none``; widenets
   computes only the sample pairs ``i <= j``).
 Sizes: ``BENCH_CONV_SCALE`` (default 1) multiplies the sample counts.
+``kernel_fn`` is called as ``bench_core.user_kernel_fn`` says (``BENCH_CALL``).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def _myrtle5(lib):
 
 def _workload(net, n, size, with_x2):
   def make(lib):
-    kernel_fn = net(lib)
+    from bench_core import user_kernel_fn
+    kernel_fn = user_kernel_fn(lib, net(lib))
     x1 = _images(_n(n), size)
     x2 = _images(_n(n), size, seed=1) if with_x2 else None
     return lambda: kernel_fn(x1, x2, ("nngp", "ntk"))

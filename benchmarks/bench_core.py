@@ -7,9 +7,11 @@
 
   .venv/bin/python benchmarks/run.py --only core --peer .peer/nt/bin/python
 
-neural-tangents' ``kernel_fn`` is wrapped in ``jax.jit(kernel_fn,
-static_argnames='get')``, as its users do; widenets' ``kernel_fn`` is jitted
-internally and is called as is.
+How ``kernel_fn`` is called follows ``BENCH_CALL`` (see `user_kernel_fn`):
+``user`` (default: neural-tangents' wrapped in ``jax.jit(kernel_fn,
+static_argnames='get')`` as its README says, widenets' as is, since it jits
+inside), ``direct`` (both as is) or ``jit`` (both under ``jax.jit``);
+``run.py --call`` sets it per worker.
 """
 from __future__ import annotations
 
@@ -26,10 +28,27 @@ def _inputs(n=N, dim=DIM, seed=0):
   return rs.randn(n, dim).astype(np.float32)
 
 
+CALLS = ("user", "direct", "jit")
+
+
+def call_mode() -> str:
+  """How workloads call ``kernel_fn``: ``BENCH_CALL`` (default ``user``)."""
+  mode = os.environ.get("BENCH_CALL", "user")
+  if mode not in CALLS:
+    raise ValueError(f"BENCH_CALL must be one of {CALLS}; got {mode!r}.")
+  return mode
+
+
 def user_kernel_fn(lib, kernel_fn):
-  """``kernel_fn`` as a user of ``lib`` calls it: neural-tangents' jitted
-  with a static ``get``, widenets' as is (jitted inside)."""
-  if lib.__name__.startswith("neural_tangents"):
+  """``kernel_fn`` as a user of ``lib`` calls it (see `call_mode`).
+
+  ``jit``: ``jax.jit(kernel_fn, static_argnames='get')`` for both libraries;
+  ``direct``: as is for both; ``user``: neural-tangents' jitted (its README's
+  advice), widenets' as is (jitted inside).
+  """
+  mode = call_mode()
+  peer = lib.__name__.startswith("neural_tangents")
+  if mode == "jit" or (mode == "user" and peer):
     import jax
     return jax.jit(kernel_fn, static_argnames="get")
   return kernel_fn

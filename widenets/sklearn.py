@@ -39,6 +39,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from .buckets import bucketed
+
 try:  # scikit-learn >= 1.6
   from sklearn.utils.validation import validate_data as _validate_data
 except ImportError:  # pragma: no cover - older scikit-learn
@@ -70,41 +72,20 @@ def _fitted(spec_string: str, values: tuple):
   return from_spec(spec_string)[0](dict(values))
 
 
-def _bucket(n: int) -> int:
-  """Rows padded to 8, 16, 32, ... (then multiples of 256), so that
-  kernel computations compile for few shapes."""
-  if n > 256:
-    return -(-n // 256) * 256
-  return max(8, 1 << (n - 1).bit_length())
-
-
-def _pad_rows(x: np.ndarray) -> np.ndarray:
-  n = x.shape[0]
-  if n == 0:
-    return x
-  pad = np.repeat(x[-1:], _bucket(n) - n, axis=0)
-  return np.concatenate([x, pad]) if pad.shape[0] else x
-
-
 def _padded(kernel_fn):
-  """``kernel_fn`` on row-padded inputs, trimmed back (same values)."""
+  """``kernel_fn`` on inputs padded to a few sizes (`buckets`), so that
+  fits and predictions on varying numbers of rows compile few programs;
+  returns NumPy arrays (``get`` a string) or `_Kernels`."""
+  fn = bucketed(kernel_fn)
 
-  def fn(x1, x2=None, get=None, **kwargs):
-    x1 = np.asarray(x1)
-    n1 = x1.shape[0]
-    if x2 is None:
-      k = kernel_fn(_pad_rows(x1), None, get, **kwargs)
-      n2 = n1
-    else:
-      x2 = np.asarray(x2)
-      n2 = x2.shape[0]
-      k = kernel_fn(_pad_rows(x1), _pad_rows(x2), get, **kwargs)
-    trim = lambda a: np.asarray(a)[:n1, :n2]
+  def padded(x1, x2=None, get=None, **kwargs):
+    k = fn(np.asarray(x1), None if x2 is None else np.asarray(x2), get,
+           **kwargs)
     if isinstance(get, str):
-      return trim(k)
-    return _Kernels(**{g: trim(getattr(k, g)) for g in get})
+      return np.asarray(k)
+    return _Kernels(**{g: np.asarray(getattr(k, g)) for g in get})
 
-  return fn
+  return padded
 
 
 class _Kernels:

@@ -165,6 +165,10 @@ def test_chunked_under_outer_jit_and_grad(rows):
   rows(3)
   eager = kernel_fn(x1, x2, "ntk")
   jitted = jax.jit(lambda a, b: kernel_fn(a, b, "ntk"))(x1, x2)
-  np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+  # float32 round-off relative to the kernel's scale: under an outer jit
+  # the hyperparameters are constants XLA may fold, in a direct call
+  # traced arguments (`sharing`), so near-zero entries differ in last bits.
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6,
+                             atol=1e-6 * np.abs(eager).max())
   g = jax.grad(lambda a: kernel_fn(a, x2, "ntk").sum())(x1)
   assert g.shape == x1.shape and bool(jnp.all(jnp.isfinite(g)))

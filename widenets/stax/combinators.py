@@ -7,6 +7,7 @@ from typing import Callable
 import jax
 
 from ..kernel import Kernel
+from . import sharing
 from . import runs
 from .kernel_fn import KernelFn
 from .overflow import FlagRecorder
@@ -83,8 +84,9 @@ def serial(*layers):
 
   reqs = functools.reduce(lambda a, b: a.then(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  return init_fn, apply_fn, KernelFn(rule, reqs, f"serial({names})",
-                                     records_flags=True)
+  kernel_fn = KernelFn(rule, reqs, f"serial({names})", records_flags=True)
+  sharing.record(kernel_fn, serial, layers)
+  return init_fn, apply_fn, kernel_fn
 
 
 def parallel(*layers):
@@ -115,8 +117,9 @@ def parallel(*layers):
 
   reqs = functools.reduce(lambda a, b: a.both(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
-  return init_fn, apply_fn, KernelFn(rule, reqs, f"parallel({names})",
-                                     records_flags=True)
+  kernel_fn = KernelFn(rule, reqs, f"parallel({names})", records_flags=True)
+  sharing.record(kernel_fn, parallel, layers)
+  return init_fn, apply_fn, kernel_fn
 
 
 def repeat(layer, n: int):
@@ -159,5 +162,6 @@ def repeat(layer, n: int):
 
   name = f"repeat({getattr(kernel_fn, '__name__', '?')}, {n})"
   reqs = _reqs_of(kernel_fn)
-  return init_fn_repeat, apply_fn_repeat, KernelFn(rule, reqs, name,
-                                                   records_flags=True)
+  kernel_fn_repeat = KernelFn(rule, reqs, name, records_flags=True)
+  sharing.record(kernel_fn_repeat, repeat, [layer], (n,))
+  return init_fn_repeat, apply_fn_repeat, kernel_fn_repeat

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 
 from ..kernel import Kernel
 from . import covariance, validation
-from .layer import Requirements, layer
+from .layer import layer
+from .requirements import Requirements
+from .sharing import hyperparameters
 
 
 def affine(mat, W_std: float, b_std: Optional[float]):
@@ -56,6 +58,7 @@ def check_parameterization(parameterization: str, s) -> str:
   return p
 
 
+@hyperparameters("W_std", "b_std")
 @layer
 def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = None,
           batch_axis: int = 0, channel_axis: int = -1,

@@ -10,8 +10,18 @@ kernels for branching layers). `KernelFn` runs it on a `Kernel`
    (`chunking`), or the whole grid;
 2. the inputs' kernel (`inputs`), the layers' rules, and the unpacked,
    trimmed outputs with only the fields ``get`` asks for;
-3. finiteness of inputs and outputs and the layers' overflow flags
-   (`overflow`), returned as values and checked after the call.
+3. finiteness of inputs and outputs (`overflow`), returned as values and
+   checked after the call; only when the outputs are not finite is the
+   computation compiled again with per-layer flags, to name the layer.
+
+The outputs pass through a `jax.lax.cond` on their finiteness before they are
+unpacked (`_guard`): identity when finite, NaN otherwise. Besides making an
+overflow under an outer ``jax.jit`` a NaN rather than a finite wrong number,
+the conditional is a fusion boundary: without it, when the flags are dead
+code (a traced call), XLA fuses the layers' elementwise NTK recursion into
+the gather that unpacks the ``(N, N)`` outputs, which is several times
+slower (see benchmarks/ISSUE15.md); so the direct and the traced call run
+the same program.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ import numpy as np
 
 from .._tracing import StaticArgs
 from ..kernel import Kernel, check_get, get_from, same_inputs
-from . import chunking, masking, packing
+from . import chunking, masking, packing, sharing
 from .inputs import (inputs_to_kernel, is_kernel_tree, mask_inputs,
                      validate_inputs)
 from .overflow import (FlagRecorder, OverflowFlags, all_finite, all_true,
@@ -70,6 +80,28 @@ def _has_masks(k) -> bool:
 
 def _is_array(x) -> bool:
   return isinstance(x, (jax.Array, np.ndarray))
+
+
+_FIELDS = ("nngp", "ntk", "cov1", "cov2")
+
+
+def _guard(out, get: Optional[tuple]):
+  """``(out, ok)``: ``ok`` whether the fields ``get`` asks for are finite in
+  every output kernel; ``out`` through ``lax.cond(ok, identity, NaN)``."""
+  fields = _FIELDS if get is None else tuple(f for f in _FIELDS if f in get)
+  kernels = jax.tree_util.tree_leaves(
+      out, is_leaf=lambda l: isinstance(l, Kernel))
+  parts = [{f: getattr(kk, f) for f in fields
+            if getattr(kk, f) is not None and jnp.ndim(getattr(kk, f))}
+           for kk in kernels]
+  ok = all_finite(parts)
+  nan = lambda p: jax.tree_util.tree_map(
+      lambda a: jnp.full_like(a, jnp.nan), p)
+  parts = jax.lax.cond(ok, lambda p: p, nan, parts)
+  kernels = [kk.replace(**p) for kk, p in zip(kernels, parts)]
+  return jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(
+          out, is_leaf=lambda l: isinstance(l, Kernel)), kernels), ok
 
 
 def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int]) -> Kernel:
@@ -199,12 +231,30 @@ class KernelFn:
       x2 = None  # a structure of Nones, e.g. (None, None): x2 = x1
     validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     config, dynamic = self._config(x1, x2, get_t, kwargs)
-    out, flags, inputs_ok, out_ok = self._jitted(x1, x2, dynamic, config)
+    node = sharing.architecture(self)
+    result = None
+    if node is not None and sharing.concrete(node.hyper):
+      # One program for every network of this structure (see `sharing`).
+      try:
+        result = sharing.compute(node, x1, x2, dynamic, config)
+      except Exception:  # noqa: BLE001 - rerun below: its own message
+        # A layer that cannot take traced hyperparameters, or bad input:
+        # this network's own program (errors then name its layers by
+        # their values).
+        result = None
+    if result is None:
+      result = self._jitted(x1, x2, dynamic, config)
+    out, flags, inputs_ok, out_ok = result
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if all_true([ok]) is False:
         shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
         raise ValueError(f"{self.name}: {label} of shape {shape} contains "
                          f"NaN or infinite values.")
+    if all_true([out_ok]) is False:
+      # Only now: the same computation with per-layer flags, to name the
+      # first layer that overflowed.
+      layers = StaticArgs(dict(config.value, check_layers=True))
+      _, flags, _, out_ok = self._jitted(x1, x2, dynamic, layers)
     raise_on_overflow(self.name, flags, out_ok)
     return get_from(out, get)
 
@@ -252,7 +302,7 @@ class KernelFn:
     config = StaticArgs(dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
-        packable=bool(packable), row_chunk=row_chunk,
+        packable=bool(packable), row_chunk=row_chunk, check_layers=False,
         static=tuple(sorted(static.items()))))
     return config, dynamic
 
@@ -292,8 +342,8 @@ class KernelFn:
       k = jax.tree_util.tree_map(to_kernel, x1, x2)
     if c["packable"]:
       k = packing.pack(k)
-    out, flags = self._evaluate(k, c, dynamic, n)
-    return out, flags, inputs_ok, all_finite(out)
+    out, flags, out_ok = self._evaluate(k, c, dynamic, n)
+    return out, flags, inputs_ok, out_ok
 
   def _compute_rows(self, x1, x2, dynamic, c):
     """The whole network on row blocks of ``x1`` (see `chunking`)."""
@@ -302,8 +352,7 @@ class KernelFn:
     def block(x1_rows, offset):
       k = self._inputs_kernel(c, x1_rows, x2, x1_is_x2=x1_is_x2,
                               row_offset=offset)
-      out, flags = self._evaluate(k, c, dynamic, None)
-      return out, flags, all_finite(out)
+      return self._evaluate(k, c, dynamic, None)
 
     return chunking.map_rows(block, x1, c["row_chunk"])
 
@@ -318,9 +367,11 @@ class KernelFn:
         mask_constant=c["mask_constant"], **kwargs)
 
   def _evaluate(self, k, c: dict, dynamic: dict, n: Optional[int]) -> tuple:
-    """``(outputs, OverflowFlags)`` of the layers on the inputs' kernel."""
-    flags = FlagRecorder()
+    """``(outputs, OverflowFlags, outputs finite)`` of the layers on the
+    inputs' kernel (per-layer flags only if ``c['check_layers']``)."""
+    flags = FlagRecorder(enabled=c["check_layers"])
     out = self.apply(k, flags, **dict(c["static"]), **dynamic)
+    out, ok = _guard(out, c["get"])
     out = jax.tree_util.tree_map(lambda kk: _finish(kk, c["get"], n), out,
                                  is_leaf=lambda l: isinstance(l, Kernel))
-    return out, flags.result()
+    return out, flags.result(), ok

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from . import custom, masking
+from . import custom, masking, sharing
 from .kernel_fn import KernelFn
 from .requirements import Requirements
 
@@ -52,6 +52,10 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
   named after ``fn`` and its arguments. An optional fifth element, a
   `masking.MaskRule`, says how the layer moves masks.
 
+  The ``kernel_fn`` records its `sharing.Architecture` with every argument
+  structural; declare float hyperparameters with `sharing.hyperparameters`
+  above ``@layer`` so that networks differing only in them share a program.
+
   A function returning neural-tangents' triple ``(init_fn, apply_fn,
   kernel_fn)``, with ``kernel_fn(kernel, **kwargs) -> kernel`` (see
   `widenets.stax.custom` for `requires` and `supports_masking`), works too.
@@ -67,7 +71,7 @@ def layer(fn: Callable[..., tuple]) -> Callable[..., tuple]:
                       apply_fn, rule, reqs,
                       mask_rule[0] if mask_rule else None)
 
-  return make
+  return sharing.hyperparameters()(make)
 
 
 def _layer_name(base: str, args, kwargs) -> str:

@@ -58,19 +58,35 @@ class OverflowFlags:
 
 class FlagRecorder:
   """Collects ``(layer name, all-finite flag)`` pairs while one computation
-  is traced; created by that computation and handed to its rules."""
+  is traced; created by that computation and handed to its rules.
 
-  def __init__(self):
+  ``enabled=False``: records nothing. The common call runs so, checking only
+  its outputs (a non-finite value anywhere propagates to them): per-layer
+  flags would double XLA's compile time of deep networks. Only when the
+  outputs are not finite is the computation compiled again with flags, to
+  name the first layer that overflowed.
+  """
+
+  def __init__(self, enabled: bool = True):
+    self.enabled = enabled
     self._names: list = []
     self._flags: list = []
 
+  def child(self) -> "FlagRecorder":
+    """A new recorder of the same kind (e.g. for a loop body)."""
+    return FlagRecorder(self.enabled)
+
   def record(self, name: str, flag) -> None:
     """Records a precomputed all-finite ``flag`` for layer ``name``."""
+    if not self.enabled:
+      return
     self._names.append(name)
     self._flags.append(jnp.asarray(flag, bool))
 
   def record_finite(self, name: str, *arrays) -> None:
     """Records whether ``arrays`` (``None`` skipped) are all finite."""
+    if not self.enabled:
+      return
     flag = jnp.asarray(True)
     for a in arrays:
       if a is not None:

@@ -160,7 +160,7 @@ def scan_block(block: Callable, k, repeats: int, flags: FlagRecorder):
   names = []
 
   def step(carry, _):
-    body = FlagRecorder()
+    body = flags.child()
     carry = block(carry, body)
     recorded = body.result()
     names[:] = recorded.names

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .. import validation
+from ..sharing import hyperparameters
 from .base import elementwise_layer, homogeneous_rescale, sine_and_angle
 
 
@@ -33,6 +34,7 @@ def abrelu_rule(a: float, b: float):
   return pair_rule
 
 
+@hyperparameters("a", "b")
 def ABRelu(a: float, b: float, do_stabilize: bool = False):
   """``a * min(x, 0) + b * max(x, 0)``.
 
@@ -52,17 +54,20 @@ def ABRelu(a: float, b: float, do_stabilize: bool = False):
       may_overflow=True)
 
 
+@hyperparameters()
 def Relu(do_stabilize: bool = False):
   """``max(x, 0)``."""
   return ABRelu(0, 1, do_stabilize)
 
 
+@hyperparameters("alpha")
 def LeakyRelu(alpha: float, do_stabilize: bool = False):
   """``alpha * min(x, 0) + max(x, 0)``."""
   validation.finite_float("LeakyRelu", "alpha", alpha)
   return ABRelu(alpha, 1, do_stabilize)
 
 
+@hyperparameters()
 def Abs(do_stabilize: bool = False):
   """``|x|``."""
   return ABRelu(-1, 1, do_stabilize)
@@ -76,6 +81,7 @@ def _sign_rule(cov, var1, var2, ntk):
   return new, (None if ntk is None else jnp.zeros_like(ntk))
 
 
+@hyperparameters()
 def Sign():
   """``sign(x)``; its NTK contribution is zero."""
   return elementwise_layer(jnp.sign, "Sign", _sign_rule)

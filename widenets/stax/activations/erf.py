@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
+from ..sharing import hyperparameters
 from .atan2 import atan2
 from .base import elementwise_layer, safe_sqrt
 
@@ -33,6 +34,7 @@ def erf_rule(a: float, b: float, c: float):
   return pair_rule
 
 
+@hyperparameters("a", "b", "c")
 def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0):
   """``a * erf(b * x) + c``."""
   return elementwise_layer(lambda x: a * erf(b * x) + c,
@@ -40,6 +42,7 @@ def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0):
                            may_overflow=True)  # the NTK, at large W_std
 
 
+@hyperparameters()
 def Sigmoid_like():
   """``0.5 * erf(x / 2.4020563531719796) + 0.5``: the erf closest (in squared
   error on [-5, 5]) to the logistic sigmoid."""

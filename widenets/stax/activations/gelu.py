@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ..sharing import hyperparameters
 from .atan2 import atan2
 from .base import elementwise_layer, sine_and_angle
 
@@ -43,6 +44,7 @@ def gelu_rule(cov, var1, var2, ntk):
   return new, ntk
 
 
+@hyperparameters()
 def Gelu(approximate: bool = False):
   """``x * Phi(x)``.
 

@@ -1,0 +1,106 @@
+"""kernel_fn under jax.jit, jax.grad and jax.vmap gives the direct call's
+numbers, keeps its fast paths, and reports overflow without raising while
+traced (issue 15)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from widenets import stax
+from widenets.stax import chunking
+from widenets.stax.overflow import KernelOverflowError
+
+GET = ("nngp", "ntk")
+
+
+def _net(act):
+  return stax.serial(stax.Dense(64, W_std=1.4, b_std=0.1), act(),
+                     stax.Dense(64, W_std=1.4, b_std=0.1), act(),
+                     stax.Dense(1, W_std=1.4, b_std=0.1))[2]
+
+
+def _x(n, seed, dtype):
+  return np.random.RandomState(seed).randn(n, 5).astype(dtype)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+  """x1 vs x2 calls run in row blocks of 8 (`chunking`)."""
+  monkeypatch.setattr(chunking, "BLOCK_BYTES", 0)
+  monkeypatch.setattr(chunking, "MIN_ROWS", 8)
+
+
+def _close(a, b, x64):
+  tol = 1e-12 if x64 else 2e-6
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    assert u.dtype == v.dtype
+    np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("act", [stax.Relu, stax.Erf], ids=["Relu", "Erf"])
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_jit_equals_direct(small_blocks, x64, act, with_x2):
+  with jax.enable_x64(x64):
+    dtype = np.float64 if x64 else np.float32
+    kernel_fn = _net(act)
+    x1 = _x(21, 0, dtype)
+    x2 = _x(9, 1, dtype) if with_x2 else None
+    direct = kernel_fn(x1, x2, GET)
+    jitted = jax.jit(kernel_fn, static_argnames="get")(x1, x2, GET)
+    _close(jitted, direct, x64)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_grad_in_inputs_equals_under_jit(x64):
+  with jax.enable_x64(x64):
+    dtype = np.float64 if x64 else np.float32
+    kernel_fn = _net(stax.Erf)
+    x1, x2 = _x(6, 0, dtype), _x(4, 1, dtype)
+    loss = lambda a: jnp.sum(kernel_fn(a, x2, "ntk") ** 2)
+    g = jax.grad(loss)(x1)
+    _close(jax.jit(jax.grad(loss))(x1), g, x64)
+    eps = 1e-6 if x64 else 1e-2
+    d = np.zeros_like(x1)
+    d[2, 3] = eps
+    fd = (loss(x1 + d) - loss(x1 - d)) / (2 * eps)
+    np.testing.assert_allclose(g[2, 3], fd, rtol=1e-6 if x64 else 2e-2)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_vmap_over_inputs_equals_direct(x64):
+  with jax.enable_x64(x64):
+    dtype = np.float64 if x64 else np.float32
+    kernel_fn = _net(stax.Relu)
+    xs = np.stack([_x(7, s, dtype) for s in range(3)])
+    got = jax.vmap(lambda a: kernel_fn(a, None, GET))(xs)
+    for i in range(3):
+      _close(jax.tree_util.tree_map(lambda v: v[i], got),
+             kernel_fn(xs[i], None, GET), x64)
+
+
+def _deep_relu():
+  return stax.serial(*([stax.Dense(8, W_std=40.0), stax.Relu()] * 30),
+                     stax.Dense(1))[2]
+
+
+def test_overflow_direct_names_the_layer():
+  x = _x(5, 0, np.float32)
+  with pytest.raises(KernelOverflowError, match=r"ABRelu.*overflowed"):
+    _deep_relu()(x, None, "ntk")
+
+
+def test_overflow_under_jit_is_nan_not_an_error():
+  x = _x(5, 0, np.float32)
+  out = jax.jit(_deep_relu(), static_argnames="get")(x, None, "ntk")
+  assert np.isnan(np.asarray(out)).all()
+
+
+def test_traced_call_has_no_per_layer_flags():
+  # The compiled program of a traced call and of a direct call are the same:
+  # only the outputs' finiteness, as one fused check.
+  kernel_fn = _net(stax.Relu)
+  x = _x(9, 0, np.float32)
+  text = jax.jit(kernel_fn, static_argnames="get").lower(
+      x, None, GET).as_text()
+  assert text.count("stablehlo.case") + text.count("stablehlo.if") >= 1
