@@ -171,7 +171,7 @@ def test_train_loss_decreases_in_time(t1, t2):
   pf = predict.gradient_descent_mse(k, y)
   lo, hi = sorted((t1, t2))
   f = pf(jnp.array([lo, hi]), f0)
-  loss = jnp.sum((f - y) ** 2, axis=(1, 2))
+  loss = jnp.sum((f - y[None]) ** 2, axis=(1, 2))
   assert loss[1] <= loss[0] * (1 + 1e-5) + 1e-7
 
 

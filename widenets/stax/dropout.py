@@ -16,7 +16,8 @@ def _spatial_diagonal_mask(k: Kernel, mat, batch_ndim: int):
   sizes = mat.shape[batch_ndim::2]
   mask = jnp.ones((1,) * batch_ndim, bool)
   for s in sizes:
-    mask = mask[..., None, None] & jnp.eye(s, dtype=bool)
+    eye = jnp.eye(s, dtype=bool).reshape((1,) * mask.ndim + (s, s))
+    mask = mask[..., None, None] & eye
   return mask
 
 
@@ -56,6 +57,8 @@ def Dropout(rate: float, mode: str = "train"):
     def scale(mat, batch_mask, batch_ndim):
       if mat is None or jnp.ndim(mat) == 0:
         return mat
+      batch_mask = jnp.reshape(batch_mask, jnp.shape(batch_mask) + (1,) * (
+          mat.ndim - jnp.ndim(batch_mask)))  # explicit trailing spatial axes
       mask = batch_mask & _spatial_diagonal_mask(k, mat, batch_ndim)
       return mat * jnp.where(mask, factor, 1.0)
 
