@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -33,11 +34,32 @@ def n_spatial(k: Kernel) -> int:
 # and `nngp_variances` for x2=None), so that the numbers are identical; and
 # (2) where an explicit x2 = x1 keeps them apart by an ulp per layer,
 # `snap_unit_gaps` treats a gap of a few ulps as exactly zero.
+# Both change values only: derivatives in the inputs are those of the exact
+# formulas (`snapped`), since at x1 == x2 the two batches can still move apart
+# (jax.jvp with different tangents, jax.grad in x1 alone).
 
 # Gaps (in units of eps * sqrt(var1 var2)) `snap_unit_gaps` treats as
 # round-off: a true angle below sqrt(2 * 8 eps) (~1e-3 in float32) is not
 # resolvable from float32 covariances anyway.
 SNAP_ULPS = 8
+
+
+@jax.custom_jvp
+def snapped(where, value, exact):
+  """``jnp.where(where, value, exact)`` with the derivatives of ``exact``.
+
+  ``value`` is ``exact`` up to round-off where ``where`` holds (the same
+  numbers read off elsewhere, or an exact zero): the values are snapped, but
+  derivatives of every order are those of the unsnapped formula ``exact``.
+  Shapes: ``exact``'s; ``where`` and ``value`` broadcast against it.
+  """
+  return jnp.where(where, value, exact)
+
+
+@snapped.defjvp
+def _snapped_jvp(primals, tangents):
+  where, value, exact = primals
+  return snapped(where, value, exact), tangents[2]
 
 
 def sample_diagonal(mat):
@@ -50,9 +72,9 @@ def snap_unit_gaps(cov, s):
   sqrt(var1 var2)`` set to exactly 0 (a correlation of +-1 up to round-off).
   """
   tol = SNAP_ULPS * jnp.finfo(jnp.result_type(cov, float)).eps * s
-  minus = jnp.where(s - cov <= tol, 0.0, s - cov)
-  plus = jnp.where(s + cov <= tol, 0.0, s + cov)
-  return minus, plus
+  minus, plus = s - cov, s + cov
+  zero = jnp.zeros((), minus.dtype)
+  return (snapped(minus <= tol, zero, minus), snapped(plus <= tol, zero, plus))
 
 
 def spatial_diagonal(cov, batch_ndim: int, diagonal_spatial: bool):

@@ -106,8 +106,8 @@ def _batch_covariances(a, b, nngp, cov, diagonal_batch: bool, x1_is_x2):
   if a.shape == b.shape:
     # x2 passed equal to x1: x2=None's kernel to round-off.
     same = covariance.sample_diagonal(nngp) if diagonal_batch else nngp
-    cov1 = jnp.where(x1_is_x2, same, cov1)
-    cov2 = jnp.where(x1_is_x2, same, cov2)
+    cov1 = covariance.snapped(x1_is_x2, same, cov1)
+    cov2 = covariance.snapped(x1_is_x2, same, cov2)
   return cov1, cov2
 
 
@@ -123,8 +123,8 @@ def _row_block_covariances(a, b, nngp, cov, row_offset, x1_is_x2):
     diag = jnp.arange(a.shape[0])[:, None] + row_offset == jnp.arange(
         b.shape[0])[None, :]
     diag = (diag & x1_is_x2).reshape(diag.shape + (1,) * (nngp.ndim - 2))
-    nngp = jnp.where(diag, cov2[None], nngp)
-    cov1 = jnp.where(x1_is_x2, jax.lax.dynamic_slice_in_dim(
+    nngp = covariance.snapped(diag, cov2[None], nngp)
+    cov1 = covariance.snapped(x1_is_x2, jax.lax.dynamic_slice_in_dim(
         cov2, row_offset, a.shape[0]), cov1)
   return nngp, cov1, cov2
 

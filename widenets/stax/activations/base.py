@@ -159,9 +159,19 @@ def sine_and_angle(cov, var1, var2):
   in IEEE arithmetic), where the textbook ``var1 var2 - cov**2`` leaves an
   FMA round-off whose square root is ``sqrt(eps)``.
   """
+  root = safe_sqrt(sine_squared(cov, var1, var2))
+  return root, safe_arctan2(root, cov)
+
+
+def sine_squared(cov, var1, var2):
+  """``var1 var2 - cov**2`` as ``(s - cov)(s + cov)`` (see `sine_and_angle`).
+
+  Smooth where its square root is not (at ``|cov| = sqrt(var1 var2)``): rules
+  that need only the square use this, so that their second derivatives in
+  the inputs are exact at x1 == x2.
+  """
   s = safe_sqrt(var1 * var2)
   # A gap of a few ulps is round-off of an exact +-1 correlation (see
   # `covariance.snap_unit_gaps`).
   minus, plus = covariance.snap_unit_gaps(cov, s)
-  root = safe_sqrt(minus * plus)
-  return root, safe_arctan2(root, cov)
+  return minus * plus

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ..sharing import hyperparameters
 from .atan2 import atan2
-from .base import elementwise_layer, sine_and_angle
+from .base import elementwise_layer, sine_squared
 
 
 def gelu_rule(cov, var1, var2, ntk):
@@ -30,8 +30,7 @@ def gelu_rule(cov, var1, var2, ntk):
   s1 = jnp.sqrt(1 + var1) * jnp.sqrt(1 + var2)
   # prod1 - cov**2 = 1 + var1 + var2 + (var1 var2 - cov**2): a sum of
   # non-negative terms, so no cancellation when the variances are huge.
-  root, _ = sine_and_angle(cov, var1, var2)
-  delta2 = 1 + var1 + var2 + root**2
+  delta2 = 1 + var1 + var2 + sine_squared(cov, var1, var2)
   delta = jnp.sqrt(delta2)
   c = cov / s1
   ratio = (var1 / (1 + var1)) * (var2 / (1 + var2))
