@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Sequence, Union
+from typing import Any, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,15 @@ from ..kernel import canonical_get, namedtuple_type
 ArrayOrScalar = Union[None, int, float, jax.Array, np.ndarray]
 # What a predictor can give.
 KINDS = ("nngp", "ntk", "ntkgp")
+
+
+class Gaussian(NamedTuple):
+  """A ``(mean, covariance)`` namedtuple.
+
+  mean: shaped like the outputs; covariance: shaped like the kernel.
+  """
+  mean: jax.Array
+  covariance: jax.Array
 
 
 def x64_available() -> bool:

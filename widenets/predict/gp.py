@@ -29,12 +29,13 @@ With train-train kernel :math:`K` (regularized: :math:`K + rI`), test-train
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from . import large, solvers
+from ._common import Gaussian
 from . import validation
 from ._common import (Axes, Layout, canonical_predict_get, check_diag_reg,
                       check_test_train, check_train, eval_context,
@@ -42,15 +43,6 @@ from ._common import (Axes, Layout, canonical_predict_get, check_diag_reg,
                       kernel_dependencies, pack_get, to_2d)
 
 __all__ = ["Gaussian", "gp_inference"]
-
-
-class Gaussian(NamedTuple):
-  """A ``(mean, covariance)`` namedtuple.
-
-  mean: shaped like the outputs; covariance: shaped like the kernel.
-  """
-  mean: jax.Array
-  covariance: jax.Array
 
 
 class _Factors:

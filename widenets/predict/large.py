@@ -26,7 +26,8 @@ from typing import Any, Callable, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import Layout, canonical_predict_get, check_diag_reg, pack_get
+from ._common import (Gaussian, Layout, canonical_predict_get, check_diag_reg,
+                      pack_get)
 from . import validation
 from .block_cg import BlockCG
 from .nystrom import Nystrom
@@ -115,7 +116,6 @@ class _Inference:
 
 
 def _gaussian(mean, var):
-  from .gp import Gaussian
   return Gaussian(mean, var)
 
 
