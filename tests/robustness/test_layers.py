@@ -1,4 +1,4 @@
-"""Layer arguments and inputs: errors that name the layer, argument and value."""
+"""Layer arguments and inputs: errors naming the layer, argument and value."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -11,8 +11,9 @@ a compiled program then grows linearly with the number of *distinct* blocks.
 Two layers are the same when they are the same object, or when they are
 `KernelFn`s made by the same layer factory with the same hyperparameters:
 same name, requirements and code, and closures holding equal plain values
-(numbers, strings, tuples, frozen dataclasses, ...) or, recursively, the same functions. Anything
-else (arrays, foreign objects) must be the identical object. A run whose block
+(numbers, strings, tuples, frozen dataclasses, ...) or, recursively, the
+same functions. Anything else (arrays, foreign objects) must be the
+identical object. A run whose block
 does not keep the kernel's structure is left unrolled.
 """
 from __future__ import annotations
