@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m widenets.apps.demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=25 tests
 
 # neural-tangents 0.6.5's own public-API tests against this checkout
 # (conformance/README.md; expected failures in conformance/expected_failures.txt).
