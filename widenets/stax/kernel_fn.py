@@ -29,6 +29,7 @@ the same program.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Optional
 
 import jax
@@ -136,11 +137,21 @@ def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int]) -> Kernel:
 MASK_KEY = "__mask_constant__"
 
 
+# How long the host waits for the eager rerun of a traced call that found
+# non-finite values (`_Rerun`) before it reports without the layer's name.
+RERUN_SECONDS = 120.0
+
+
 class _Rerun:
-  """Host side of a traced call's checks (`overflow.error_if`): reruns the
-  call eagerly on the concrete values the traced program saw, so that it
-  raises the direct call's error (the input check's ``ValueError``, or
-  `KernelOverflowError` naming the first layer that overflowed).
+  """Host side of a traced call's checks (`overflow.error_if`): raises the
+  direct call's error for the concrete values the traced program saw.
+
+  Non-finite inputs are found with NumPy (the input check's ``ValueError``).
+  An overflow is named by rerunning the call eagerly (`KernelOverflowError`
+  naming the first layer), on the host CPU and in a thread of its own: JAX
+  computations started from inside a callback can wait on the very program
+  that called back, so after `RERUN_SECONDS` the error names the network
+  only.
 
   A static part of the compiled call's configuration: equal for networks of
   equal structure (which share a program; the hyperparameter values travel
@@ -162,20 +173,46 @@ class _Rerun:
     return isinstance(other, _Rerun) and self._key == other._key
 
   def __call__(self, c: dict, x1, x2, dynamic, hyper) -> None:
-    # On the host CPU: the accelerator may be busy with the program that
-    # called back.
-    with jax.enable_x64(self.x64), jax.default_device(jax.devices("cpu")[0]):
-      network = self.network
-      if self.node is not None:
-        values = jax.tree_util.tree_unflatten(
-            jax.tree_util.tree_structure(self.node.hyper), list(hyper))
-        network = self.node.rebuild(values)[2]
-      kwargs = dict(dict(c["static"]), **dynamic)
-      mask_constant = kwargs.pop(MASK_KEY, c["mask_constant"])
-      network(x1, x2, c["get"], diagonal_batch=c["diagonal_batch"],
-              diagonal_spatial=c["diagonal_spatial"],
-              mask_constant=mask_constant, **kwargs)
-    raise KernelOverflowError(overflow_message(self.network.name))
+    if c["mask_constant"] is None:
+      for label, x in (("x1", x1), ("x2", x2)):
+        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(x)]
+        if any(np.issubdtype(a.dtype, np.inexact) and
+               not np.all(np.isfinite(a)) for a in leaves):
+          raise ValueError(f"{self.network.name}: {label} of shape "
+                           f"{tuple(leaves[0].shape)} contains NaN or "
+                           f"infinite values.")
+    found = []
+    worker = threading.Thread(
+        target=lambda: found.append(self._rerun(c, x1, x2, dynamic, hyper)),
+        daemon=True)
+    worker.start()
+    worker.join(RERUN_SECONDS)
+    if found and found[0] is not None:
+      raise found[0]
+    raise KernelOverflowError(
+        overflow_message(self.network.name) + " (Call kernel_fn outside "
+        "jax.jit / grad / vmap on the same inputs to name the layer.)")
+
+  def _rerun(self, c: dict, x1, x2, dynamic, hyper):
+    """The direct call's error, or None."""
+    try:
+      with jax.enable_x64(self.x64), \
+          jax.default_device(jax.devices("cpu")[0]):
+        network = self.network
+        if self.node is not None:
+          values = jax.tree_util.tree_unflatten(
+              jax.tree_util.tree_structure(self.node.hyper), list(hyper))
+          network = self.node.rebuild(values)[2]
+        kwargs = dict(dict(c["static"]), **dynamic)
+        mask_constant = kwargs.pop(MASK_KEY, c["mask_constant"])
+        network(x1, x2, c["get"], diagonal_batch=c["diagonal_batch"],
+                diagonal_spatial=c["diagonal_spatial"],
+                mask_constant=mask_constant, **kwargs)
+    except (KernelOverflowError, ValueError) as error:
+      return error
+    except Exception:  # noqa: BLE001 - then the network is named only
+      return None
+    return None
 
 
 def _report_network(name: str) -> None:
