@@ -114,9 +114,14 @@ def _overflowing_relu():
                      stax.Dense(1))[2]
 
 
+_SLOW = pytest.mark.slow  # nested transformations: more programs to compile
+
+
 @pytest.mark.parametrize("transform,with_x2", [
     ("jit", False), ("jit", True), ("grad", False), ("vmap", True),
-    ("jit_vmap", False), ("vmap_vmap", False), ("vmap_grad", False)])
+    pytest.param("jit_vmap", False, marks=_SLOW),
+    pytest.param("vmap_vmap", False, marks=_SLOW),
+    pytest.param("vmap_grad", False, marks=_SLOW)])
 def test_overflow_under_transformations_names_the_layer(transform, with_x2):
   kernel_fn = _overflowing_relu()
   x = _x(5, 0, np.float32)
@@ -126,6 +131,7 @@ def test_overflow_under_transformations_names_the_layer(transform, with_x2):
     jax.block_until_ready(out)
 
 
+@pytest.mark.slow
 def test_overflow_in_traced_hyperparameters_names_the_layer():
   kernel_fn = stax.serial(*([stax.Dense(8, W_std=1.0), stax.Relu()] * 8),
                           stax.Dense(1))[2]

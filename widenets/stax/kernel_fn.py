@@ -237,7 +237,9 @@ class KernelFn:
     **kwargs: passed to every layer (e.g. ``pattern=(p1, p2)``, ``rng``).
 
   Raises `KernelOverflowError` naming the first layer whose kernel left the
-  floating-point range.
+  floating-point range (and ``ValueError`` for NaN or infinite inputs);
+  under ``jax.jit``/``grad``/``vmap`` the same message arrives in JAX's
+  runtime error, raised from inside the computation (see `_Rerun`).
 
   Construction: ``rule(kernel, **kwargs)``, or ``rule(kernel, flags,
   **kwargs)`` with ``records_flags=True`` (``flags``: the computation's
