@@ -1,13 +1,13 @@
 """kernel_fn under jax.jit, jax.grad and jax.vmap gives the direct call's
-numbers, keeps its fast paths, and reports overflow without raising while
-traced (issue 15)."""
+numbers, keeps its fast paths, and raises overflow and bad-input errors
+from inside a traced computation, naming the layer (issue 15)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from widenets import stax
-from widenets.stax import chunking
+from widenets.stax import chunking, overflow, sharing
 from widenets.stax.overflow import KernelOverflowError
 
 GET = ("nngp", "ntk")
@@ -90,10 +90,89 @@ def test_overflow_direct_names_the_layer():
     _deep_relu()(x, None, "ntk")
 
 
-def test_overflow_under_jit_is_nan_not_an_error():
+# Under a transformation the error comes from inside the computation: JAX's
+# runtime error, whose message holds the direct call's.
+TRACED_ERRORS = (jax.errors.JaxRuntimeError, ValueError, FloatingPointError)
+OVERFLOW = r"ABRelu\(0, 1\): the kernel overflowed float32.*float64"
+
+
+def _transforms():
+  jit = lambda f, x: jax.jit(f)(x)
+  grad = lambda f, x: jax.grad(lambda a: jnp.sum(f(a)))(x)
+  vmap = lambda f, x: jax.vmap(f)(np.stack([x * 1e-6, x]))
+  jit_vmap = lambda f, x: jax.jit(jax.vmap(f))(np.stack([x, x * 1e-6]))
+  vmap_vmap = lambda f, x: jax.vmap(jax.vmap(f))(np.stack([np.stack([x, x])]
+                                                          * 2))
+  vmap_grad = lambda f, x: jax.vmap(jax.grad(lambda a: jnp.sum(f(a))))(
+      np.stack([x * 1e-6, x]))
+  return dict(jit=jit, grad=grad, vmap=vmap, jit_vmap=jit_vmap,
+              vmap_vmap=vmap_vmap, vmap_grad=vmap_grad)
+
+
+def _overflowing_relu():
+  return stax.serial(*([stax.Dense(8, W_std=1e3), stax.Relu()] * 8),
+                     stax.Dense(1))[2]
+
+
+_SLOW = pytest.mark.slow  # nested transformations: more programs to compile
+
+
+@pytest.mark.parametrize("transform,with_x2", [
+    ("jit", False), ("jit", True), ("grad", False), ("vmap", True),
+    pytest.param("jit_vmap", False, marks=_SLOW),
+    pytest.param("vmap_vmap", False, marks=_SLOW),
+    pytest.param("vmap_grad", False, marks=_SLOW)])
+def test_overflow_under_transformations_names_the_layer(transform, with_x2):
+  kernel_fn = _overflowing_relu()
   x = _x(5, 0, np.float32)
-  out = jax.jit(_deep_relu(), static_argnames="get")(x, None, "ntk")
-  assert np.isnan(np.asarray(out)).all()
+  x2 = _x(3, 1, np.float32) if with_x2 else None
+  with pytest.raises(TRACED_ERRORS, match=OVERFLOW):
+    out = _transforms()[transform](lambda a: kernel_fn(a, x2, "ntk"), x)
+    jax.block_until_ready(out)
+
+
+@pytest.mark.slow
+def test_overflow_in_traced_hyperparameters_names_the_layer():
+  kernel_fn = stax.serial(*([stax.Dense(8, W_std=1.0), stax.Relu()] * 8),
+                          stax.Dense(1))[2]
+  hyper = sharing.architecture(kernel_fn).hyper
+  x = _x(5, 0, np.float32)
+
+  def ntk(w):
+    scaled = jax.tree_util.tree_map(lambda v: v * w, hyper)
+    return sharing.with_hyperparameters(kernel_fn, scaled)(x, None, "ntk")
+
+  np.testing.assert_allclose(jax.vmap(ntk)(jnp.ones(2))[0], ntk(1.0),
+                             rtol=2e-6)
+  with pytest.raises(TRACED_ERRORS, match=OVERFLOW):
+    jax.block_until_ready(jax.vmap(ntk)(jnp.array([1.0, 1e3])))
+
+
+@pytest.mark.parametrize("transform", ["jit", "vmap", "grad"])
+def test_nan_inputs_under_transformations_name_the_argument(transform):
+  kernel_fn = _net(stax.Erf)
+  x = _x(6, 0, np.float32)
+  x[2, 1] = np.nan
+  with pytest.raises(TRACED_ERRORS, match=r"x1 of shape \(6, 5\) contains "
+                                          r"NaN or infinite values"):
+    out = _transforms()[transform](lambda a: kernel_fn(a, None, "ntk"), x)
+    jax.block_until_ready(out)
+
+
+@pytest.mark.parametrize("transform", ["jit", "vmap", "jit_vmap", "grad",
+                                       "vmap_grad"])
+def test_finite_traced_call_runs_no_host_callback(monkeypatch, transform):
+  calls = []
+  original = overflow._report_first
+  monkeypatch.setattr(overflow, "_report_first",
+                      lambda *a: calls.append(1) or original(*a))
+  kernel_fn = _net(stax.Relu)
+  x = _x(7, 0, np.float32)
+  f = lambda a: kernel_fn(a, None, "ntk")
+  got = _transforms()[transform](f, x)
+  assert not calls
+  if transform == "jit":
+    np.testing.assert_allclose(got, f(x), rtol=2e-6, atol=1e-7)
 
 
 def test_traced_call_has_no_per_layer_flags():

@@ -112,11 +112,13 @@ def test_grad_in_a_hyperparameter():
 
 
 def test_undeclared_argument_is_structure():
-  # Sin's parameters are not declared: networks differing in them are
-  # different structures (own programs), never the first one's numbers.
+  # Polynomial's coefficients are not declared: networks differing in them
+  # are different structures (own programs), never the first one's numbers.
   x = _x()
-  k1 = stax.serial(stax.Dense(8, 1.5), stax.Sin(b=1.0), stax.Dense(1))[2]
-  k2 = stax.serial(stax.Dense(8, 1.5), stax.Sin(b=2.0), stax.Dense(1))[2]
+  k1 = stax.serial(stax.Dense(8, 1.5), stax.Polynomial([0.1, 1.0, 0.5]),
+                   stax.Dense(1))[2]
+  k2 = stax.serial(stax.Dense(8, 1.5), stax.Polynomial([0.1, 2.0, 0.5]),
+                   stax.Dense(1))[2]
   assert (sharing.architecture(k1) is None or
           sharing.architecture(k1).structure !=
           sharing.architecture(k2).structure)
@@ -131,6 +133,67 @@ def test_errors_name_the_layer_by_its_values():
 
 
 def test_with_hyperparameters_needs_an_architecture():
-  kernel_fn = stax.serial(stax.Dense(8), stax.Sin())[2]
+  kernel_fn = stax.serial(stax.Dense(8), stax.Polynomial([0.0, 1.0]))[2]
   with pytest.raises(ValueError, match="no recorded architecture"):
     sharing.with_hyperparameters(kernel_fn, ())
+
+
+# One network per family, as a function of one swept value ``v`` (every
+# declared hyperparameter moves with it, none ever equal to another: which
+# values coincide is part of the program's key).
+def _image(n=3, seed=0):
+  return np.random.RandomState(seed).randn(n, 4, 4, 2).astype(np.float32)
+
+
+def _tokens(n=3, seed=0):
+  return np.random.RandomState(seed).randn(n, 3, 4).astype(np.float32)
+
+
+def _conv_net(conv):
+  return lambda v: stax.serial(
+      conv(4, (2, 2), padding="SAME", W_std=v, b_std=0.3 * v), stax.Relu(),
+      stax.Flatten(), stax.Dense(1, W_std=1.7))
+
+
+def _act_net(act):
+  return lambda v: stax.serial(stax.Dense(16, W_std=1.7, b_std=0.2),
+                               act(v), stax.Dense(1, W_std=1.9))
+
+
+SWEEPS = {
+    "Conv": (_conv_net(stax.Conv), _image),
+    "ConvTranspose": (_conv_net(stax.ConvTranspose), _image),
+    "ConvLocal": (_conv_net(stax.ConvLocal), _image),
+    "Sin": (_act_net(lambda v: stax.Sin(a=v, b=0.7 * v, c=0.3 * v)), _x),
+    "Cos": (_act_net(lambda v: stax.Cos(a=v, b=0.7 * v, c=0.3 * v)), _x),
+    "Rbf": (_act_net(lambda v: stax.Rbf(gamma=0.4 * v)), _x),
+    "Exp": (_act_net(lambda v: stax.Exp(a=v, b=0.3 * v)), _x),
+    "Gaussian": (_act_net(lambda v: stax.Gaussian(a=v, b=-0.6 * v)), _x),
+    "ExpNormalized": (_act_net(lambda v: stax.ExpNormalized(
+        gamma=v, shift=-0.6 * v)), _x),
+    "LayerNorm": (_act_net(lambda v: stax.serial(
+        stax.LayerNorm(eps=0.1 * v), stax.Relu())), _x),
+    "GlobalSelfAttention": (lambda v: stax.serial(
+        stax.Dense(8, W_std=1.7), stax.GlobalSelfAttention(
+            8, 8, 8, 2, W_key_std=v, W_value_std=0.9 * v,
+            W_query_std=0.8 * v, W_out_std=0.6 * v, b_std=0.3 * v,
+            pos_emb_type="SUM", W_pos_emb_std=0.2 * v),
+        stax.GlobalAvgPool(), stax.Dense(1, W_std=1.9)), _tokens),
+}
+
+
+@pytest.mark.parametrize("family", list(SWEEPS))
+def test_sweep_of_declared_hyperparameters_compiles_once(family):
+  make, inputs = SWEEPS[family]
+  x1, x2 = inputs(), inputs(2, 1)
+  values = np.linspace(0.55, 1.45, 20)
+  make(0.52)[2](x1, x2, "ntk")  # compiles
+  with _count_compiles() as compiles:
+    out = [make(float(v))[2](x1, x2, "ntk") for v in values]
+  assert not compiles
+  for i in (0, len(values) - 1):
+    reference = make(float(values[i]))[2]
+    reference.architecture = None  # its own program
+    np.testing.assert_allclose(out[i], reference(x1, x2, "ntk"), rtol=2e-5,
+                               atol=1e-6)
+  assert not np.allclose(out[0], out[-1])

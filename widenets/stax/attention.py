@@ -33,6 +33,7 @@ from ..kernel import Kernel
 from . import masking
 from .dense import affine
 from .layer import Requirements, layer
+from .sharing import hyperparameters
 
 __all__ = ["AttentionMechanism", "PositionalEmbedding", "GlobalSelfAttention"]
 
@@ -82,6 +83,8 @@ def _unzip(r):
   return np.transpose(r, list(range(0, 2 * n, 2)) + list(range(1, 2 * n, 2)))
 
 
+@hyperparameters("W_key_std", "W_value_std", "W_query_std", "W_out_std",
+                 "b_std", "W_pos_emb_std")
 @layer
 def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
                         n_heads: int, linear_scaling: bool = True,

@@ -20,6 +20,7 @@ from ..kernel import Kernel
 from . import masking, stencil, validation
 from .dense import affine_kernel, check_parameterization
 from .layer import Requirements, layer
+from .sharing import hyperparameters
 from .stencil import Padding
 
 __all__ = ["Conv", "ConvTranspose", "ConvLocal", "default_dimension_numbers"]
@@ -241,6 +242,7 @@ _CONV_DOC = """
 """
 
 
+@hyperparameters("W_std", "b_std")
 @layer
 def Conv(out_chan: int, filter_shape: Sequence[int],
          strides: Optional[Sequence[int]] = None, padding: str = "VALID",
@@ -257,6 +259,7 @@ def Conv(out_chan: int, filter_shape: Sequence[int],
                      transpose=False, shared=True)
 
 
+@hyperparameters("W_std", "b_std")
 @layer
 def ConvTranspose(out_chan: int, filter_shape: Sequence[int],
                   strides: Optional[Sequence[int]] = None,
@@ -271,6 +274,7 @@ def ConvTranspose(out_chan: int, filter_shape: Sequence[int],
                      parameterization, s, transpose=True, shared=True)
 
 
+@hyperparameters("W_std", "b_std")
 @layer
 def ConvLocal(out_chan: int, filter_shape: Sequence[int],
               strides: Optional[Sequence[int]] = None, padding: str = "VALID",

@@ -15,9 +15,12 @@ kernels for branching layers). `KernelFn` runs it on a `Kernel`
    computation compiled again with per-layer flags, to name the layer.
 
 The outputs pass through a `jax.lax.cond` on their finiteness before they are
-unpacked (`_guard`): identity when finite, NaN otherwise. Besides making an
-overflow under an outer ``jax.jit`` a NaN rather than a finite wrong number,
-the conditional is a fusion boundary: without it, when the flags are dead
+unpacked (`_guard`): identity when finite; otherwise NaN in a direct call
+(which then raises after the call), and in a traced call (under an outer
+``jax.jit``, ``jax.grad`` or ``jax.vmap``, where nothing is concrete after
+the call) a host callback that reruns the call eagerly on the concrete
+values and raises its error (`_Rerun`, `overflow.error_if`). The
+conditional is also a fusion boundary: without it, when the flags are dead
 code (a traced call), XLA fuses the layers' elementwise NTK recursion into
 the gather that unpacks the ``(N, N)`` outputs, which is several times
 slower (see benchmarks/ISSUE15.md); so the direct and the traced call run
@@ -26,18 +29,20 @@ the same program.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tracing import StaticArgs
+from .._tracing import StaticArgs, all_concrete
 from ..kernel import Kernel, check_get, get_from, same_inputs
 from . import chunking, masking, packing, sharing
 from .inputs import (inputs_to_kernel, is_kernel_tree, mask_inputs,
                      validate_inputs)
-from .overflow import (FlagRecorder, OverflowFlags, all_finite, all_true,
+from .overflow import (FlagRecorder, KernelOverflowError, OverflowFlags,
+                       all_finite, all_true, error_if, overflow_message,
                        raise_on_overflow)
 from .requirements import Requirements
 
@@ -85,9 +90,12 @@ def _is_array(x) -> bool:
 _FIELDS = ("nngp", "ntk", "cov1", "cov2")
 
 
-def _guard(out, get: Optional[tuple]):
+def _guard(out, get: Optional[tuple], check: Optional[tuple] = None):
   """``(out, ok)``: ``ok`` whether the fields ``get`` asks for are finite in
-  every output kernel; ``out`` through ``lax.cond(ok, identity, NaN)``."""
+  every output kernel; ``out`` through ``lax.cond(ok, identity, NaN)``, or,
+  with ``check = (report, payload, inputs_ok)`` (a traced call), through
+  ``error_if(ok & inputs_ok, ...)``: ``report(*payload)`` raises on the
+  host."""
   fields = _FIELDS if get is None else tuple(f for f in _FIELDS if f in get)
   kernels = jax.tree_util.tree_leaves(
       out, is_leaf=lambda l: isinstance(l, Kernel))
@@ -95,9 +103,13 @@ def _guard(out, get: Optional[tuple]):
             if getattr(kk, f) is not None and jnp.ndim(getattr(kk, f))}
            for kk in kernels]
   ok = all_finite(parts)
-  nan = lambda p: jax.tree_util.tree_map(
-      lambda a: jnp.full_like(a, jnp.nan), p)
-  parts = jax.lax.cond(ok, lambda p: p, nan, parts)
+  if check is None:
+    nan = lambda p: jax.tree_util.tree_map(
+        lambda a: jnp.full_like(a, jnp.nan), p)
+    parts = jax.lax.cond(ok, lambda p: p, nan, parts)
+  else:
+    report, payload, inputs_ok = check
+    parts = error_if(parts, ok & inputs_ok, report, payload)
   kernels = [kk.replace(**p) for kk, p in zip(kernels, parts)]
   return jax.tree_util.tree_unflatten(
       jax.tree_util.tree_structure(
@@ -125,6 +137,88 @@ def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int]) -> Kernel:
 MASK_KEY = "__mask_constant__"
 
 
+# How long the host waits for the eager rerun of a traced call that found
+# non-finite values (`_Rerun`) before it reports without the layer's name.
+RERUN_SECONDS = 120.0
+
+
+class _Rerun:
+  """Host side of a traced call's checks (`overflow.error_if`): raises the
+  direct call's error for the concrete values the traced program saw.
+
+  Non-finite inputs are found with NumPy (the input check's ``ValueError``).
+  An overflow is named by rerunning the call eagerly (`KernelOverflowError`
+  naming the first layer), on the host CPU and in a thread of its own: JAX
+  computations started from inside a callback can wait on the very program
+  that called back, so after `RERUN_SECONDS` the error names the network
+  only.
+
+  A static part of the compiled call's configuration: equal for networks of
+  equal structure (which share a program; the hyperparameter values travel
+  as arguments), otherwise for the same network only.
+  """
+
+  def __init__(self, network: "KernelFn", node):
+    self.network = network
+    self.node = node
+    # Thread-local settings of the caller, for the host thread.
+    self.x64 = jnp.dtype(jnp.result_type(float)).itemsize == 8
+    self._key = (("structure", node.structure) if node is not None
+                 else ("network", id(network)), self.x64)
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Rerun) and self._key == other._key
+
+  def __call__(self, c: dict, x1, x2, dynamic, hyper) -> None:
+    if c["mask_constant"] is None:
+      for label, x in (("x1", x1), ("x2", x2)):
+        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(x)]
+        if any(np.issubdtype(a.dtype, np.inexact) and
+               not np.all(np.isfinite(a)) for a in leaves):
+          raise ValueError(f"{self.network.name}: {label} of shape "
+                           f"{tuple(leaves[0].shape)} contains NaN or "
+                           f"infinite values.")
+    found = []
+    worker = threading.Thread(
+        target=lambda: found.append(self._rerun(c, x1, x2, dynamic, hyper)),
+        daemon=True)
+    worker.start()
+    worker.join(RERUN_SECONDS)
+    if found and found[0] is not None:
+      raise found[0]
+    raise KernelOverflowError(
+        overflow_message(self.network.name) + " (Call kernel_fn outside "
+        "jax.jit / grad / vmap on the same inputs to name the layer.)")
+
+  def _rerun(self, c: dict, x1, x2, dynamic, hyper):
+    """The direct call's error, or None."""
+    try:
+      with jax.enable_x64(self.x64), \
+          jax.default_device(jax.devices("cpu")[0]):
+        network = self.network
+        if self.node is not None:
+          values = jax.tree_util.tree_unflatten(
+              jax.tree_util.tree_structure(self.node.hyper), list(hyper))
+          network = self.node.rebuild(values)[2]
+        kwargs = dict(dict(c["static"]), **dynamic)
+        mask_constant = kwargs.pop(MASK_KEY, c["mask_constant"])
+        network(x1, x2, c["get"], diagonal_batch=c["diagonal_batch"],
+                diagonal_spatial=c["diagonal_spatial"],
+                mask_constant=mask_constant, **kwargs)
+    except (KernelOverflowError, ValueError) as error:
+      return error
+    except Exception:  # noqa: BLE001 - then the network is named only
+      return None
+    return None
+
+
+def _report_network(name: str) -> None:
+  raise KernelOverflowError(overflow_message(name))
+
+
 class KernelFn:
   """Public ``kernel_fn`` of a layer or network.
 
@@ -143,7 +237,9 @@ class KernelFn:
     **kwargs: passed to every layer (e.g. ``pattern=(p1, p2)``, ``rng``).
 
   Raises `KernelOverflowError` naming the first layer whose kernel left the
-  floating-point range.
+  floating-point range (and ``ValueError`` for NaN or infinite inputs);
+  under ``jax.jit``/``grad``/``vmap`` the same message arrives in JAX's
+  runtime error, raised from inside the computation (see `_Rerun`).
 
   Construction: ``rule(kernel, **kwargs)``, or ``rule(kernel, flags,
   **kwargs)`` with ``records_flags=True`` (``flags``: the computation's
@@ -232,6 +328,10 @@ class KernelFn:
     validate_inputs(self.name, x1, x2, self.reqs.batch_axis or 0)
     config, dynamic = self._config(x1, x2, get_t, kwargs)
     node = sharing.architecture(self)
+    hyper = () if node is None else jax.tree_util.tree_leaves(node.hyper)
+    if not all_concrete((x1, x2, dynamic, hyper)):
+      # Traced: the program itself raises (see `_Rerun`).
+      config = StaticArgs(dict(config.value, rerun=_Rerun(self, node)))
     result = None
     if node is not None and sharing.concrete(node.hyper):
       # One program for every network of this structure (see `sharing`).
@@ -243,8 +343,13 @@ class KernelFn:
         # their values).
         result = None
     if result is None:
-      result = self._jitted(x1, x2, dynamic, config)
+      result = self._jitted(x1, x2, dynamic, config, hyper)
     out, flags, inputs_ok, out_ok = result
+    if config.value["rerun"] is None and all_true([out_ok]) is None:
+      # Concrete inputs, but a network closing over tracers (built inside
+      # the caller's transformation from undeclared values).
+      out = error_if(out, out_ok & inputs_ok[0] & inputs_ok[1],
+                     functools.partial(_report_network, self.name), ())
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if all_true([ok]) is False:
         shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
@@ -303,6 +408,7 @@ class KernelFn:
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
         packable=bool(packable), row_chunk=row_chunk, check_layers=False,
+        rerun=None,
         static=tuple(sorted(static.items()))))
     return config, dynamic
 
@@ -315,13 +421,16 @@ class KernelFn:
     return size if diagonal_spatial else size * size
 
   # -- the compiled computation ----------------------------------------------
-  def _compute(self, x1, x2, dynamic, config: StaticArgs):
+  def _compute(self, x1, x2, dynamic, config: StaticArgs, hyper=()):
     """``(outputs, OverflowFlags, (x1 finite, x2 finite), outputs finite)``.
 
     Finiteness is checked inside the compiled call (fused reductions)
-    rather than by eager passes around it.
+    rather than by eager passes around it. ``hyper``: the network's
+    hyperparameter values (leaves of its architecture's), which a traced
+    call's error path needs to rebuild it on the host.
     """
     c = dict(config.value)
+    payload = (x1, x2, dynamic, tuple(hyper))
     if c["mask_constant"] == MASK_KEY:
       dynamic = dict(dynamic)
       c["mask_constant"] = dynamic.pop(MASK_KEY)
@@ -329,6 +438,9 @@ class KernelFn:
     mask = (None if mask_constant is None
             else lambda leaf: mask_inputs(leaf, mask_constant)[0])
     inputs_ok = (all_finite(x1, mask), all_finite(x2, mask))
+    if c["rerun"] is not None:
+      c["check"] = (functools.partial(c["rerun"], dict(config.value)),
+                    payload, inputs_ok[0] & inputs_ok[1])
     if c["row_chunk"]:
       out, flags, out_ok = self._compute_rows(x1, x2, dynamic, c)
       return out, flags, inputs_ok, out_ok
@@ -371,7 +483,7 @@ class KernelFn:
     inputs' kernel (per-layer flags only if ``c['check_layers']``)."""
     flags = FlagRecorder(enabled=c["check_layers"])
     out = self.apply(k, flags, **dict(c["static"]), **dynamic)
-    out, ok = _guard(out, c["get"])
+    out, ok = _guard(out, c["get"], c.get("check"))
     out = jax.tree_util.tree_map(lambda kk: _finish(kk, c["get"], n), out,
                                  is_leaf=lambda l: isinstance(l, Kernel))
     return out, flags.result(), ok

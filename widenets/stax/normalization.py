@@ -7,8 +7,10 @@ from ..axes import canonical_axes, spatial_axes
 from ..kernel import Kernel
 from . import covariance, masking
 from .layer import Requirements, layer
+from .sharing import hyperparameters
 
 
+@hyperparameters("eps")
 @layer
 def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0,
               channel_axis: int = -1):

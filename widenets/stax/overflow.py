@@ -8,17 +8,26 @@ compiled call as `OverflowFlags`, a pytree whose layer names are static (part
 of its tree structure) and whose flags are boolean scalars; no host callback
 splits XLA's fusions. After the call, `raise_on_overflow` names the first
 layer that overflowed in a `KernelOverflowError`.
+
+Under an outer ``jax.jit``/``grad``/``vmap`` nothing is concrete to check
+after the call, so the compiled call guards its own outputs (`error_if`): a
+``lax.cond`` on the all-finite flag whose false branch is a host callback
+that raises. The finite path runs no callback; the error path surfaces as
+JAX's runtime error carrying the same message as the direct call.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import functools
+from typing import Callable, Optional, Sequence
 
 import jax
+import jax.custom_batching
 import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["KernelOverflowError", "OverflowFlags", "FlagRecorder",
-           "all_finite", "all_true", "raise_on_overflow"]
+           "all_finite", "all_true", "raise_on_overflow", "error_if",
+           "overflow_message"]
 
 
 class KernelOverflowError(FloatingPointError):
@@ -122,6 +131,18 @@ def all_finite(tree, mask=None):
   return ok
 
 
+def overflow_message(layer: str) -> str:
+  """The `KernelOverflowError` message naming ``layer``."""
+  dtype = jnp.result_type(float)
+  hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
+          "before building inputs, or reduce W_std / depth."
+          if jnp.finfo(dtype).bits <= 32 else "Reduce W_std / depth.")
+  return (f"{layer}: the kernel overflowed "
+          f"{np.dtype(dtype).name} (infinite or NaN variances or NTK; e.g. a "
+          f"deep network with large W_std, whose kernel grows geometrically "
+          f"with depth). {hint}")
+
+
 def raise_on_overflow(network: str, flags: OverflowFlags, out_ok) -> None:
   """Raises `KernelOverflowError` naming the first layer whose flag is
   False (``network`` if only the final output check failed)."""
@@ -129,12 +150,82 @@ def raise_on_overflow(network: str, flags: OverflowFlags, out_ok) -> None:
   if ok is None or ok:
     return
   bad = [n for n, f in zip(flags.names, flags.flags) if not bool(f)]
-  dtype = jnp.result_type(float)
-  hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
-          "before building inputs, or reduce W_std / depth."
-          if jnp.finfo(dtype).bits <= 32 else "Reduce W_std / depth.")
+  raise KernelOverflowError(overflow_message((bad or [network])[0]))
+
+
+# -- raising inside a traced computation ---------------------------------------
+
+def error_if(parts, ok, report: Callable, payload):
+  """``parts`` unchanged where ``ok``; otherwise the host runs
+  ``report(*payload)``, which raises (the error surfaces as JAX's runtime
+  error of the computation, with ``report``'s message in it).
+
+  ``ok``: a boolean scalar; ``payload``: a tuple of arrays (pytrees) that
+  ``report`` needs to explain the failure (e.g. the inputs, to rerun the
+  call eagerly). The check is a ``lax.cond``: the finite path runs no
+  callback and copies nothing to the host.
+
+  Transformations: the derivative passes through (``d out = d parts``);
+  under ``jax.vmap`` the batch's flags are reduced to one (``all``), so the
+  conditional stays a conditional (not a ``select`` that would run the
+  callback every time) and the host reports the first failing member.
+  """
+  return _error_if(report, 0)(parts, ok, tuple(payload))
+
+
+def _error_if(report: Callable, depth: int):
+  """`error_if` for a payload nested under ``depth`` levels of ``vmap``:
+  ``(members' flags, their payloads)`` pairs, batch axis first."""
+
+  @jax.custom_batching.custom_vmap
+  def check(parts, ok, payload):
+    def fail(operands):
+      parts, payload = operands
+      shapes = jax.tree_util.tree_map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), parts)
+      host = functools.partial(_report_first, report, depth, shapes)
+      return jax.pure_callback(host, shapes, ok, payload,
+                               vmap_method="sequential")
+
+    return jax.lax.cond(ok, lambda operands: operands[0], fail,
+                        (parts, payload))
+
+  @check.def_vmap
+  def _batched(axis_size, in_batched, parts, ok, payload):
+    parts_batched, ok_batched, payload_batched = in_batched
+
+    def batch(a, batched):
+      return a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
+
+    members = batch(ok, ok_batched)
+    payload = jax.tree_util.tree_map(batch, payload, payload_batched)
+    out = _error_if(report, depth + 1)(parts, jnp.all(members),
+                                       (members, payload))
+    return out, parts_batched
+
+  @jax.custom_jvp
+  def checked(parts, ok, payload):
+    return check(parts, ok, payload)
+
+  @checked.defjvp
+  def _jvp(primals, tangents):
+    return checked(*primals), tangents[0]
+
+  return checked
+
+
+def _report_first(report: Callable, depth: int, shapes, ok, payload):
+  """Host side of `error_if`: the first failing member's ``report``."""
+  if bool(np.all(ok)):
+    # Only reached if a transformation evaluated both branches; the
+    # conditional then discards this value.
+    return jax.tree_util.tree_map(
+        lambda s: np.zeros(s.shape, s.dtype), shapes)
+  for _ in range(depth):
+    members, payload = payload
+    first = int(np.flatnonzero(~np.asarray(members, bool))[0])
+    payload = jax.tree_util.tree_map(lambda a, i=first: a[i], payload)
+  report(*payload)
   raise KernelOverflowError(
-      f"{(bad or [network])[0]}: the kernel overflowed "
-      f"{np.dtype(dtype).name} (infinite or NaN variances or NTK; e.g. a "
-      f"deep network with large W_std, whose kernel grows geometrically with "
-      f"depth). {hint}")
+      "a kernel computation found infinite or NaN values, which its "
+      "direct recomputation did not reproduce.")

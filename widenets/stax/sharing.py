@@ -105,10 +105,12 @@ def hyperparameters(*names: str):
                      if k not in hyper)
 
       def rebuild(values):
+        # Through `wrapped`: the rebuilt layer records its own node, whose
+        # (perhaps traced) values a traced call's error path reads.
         b = sig.bind(*args, **kwargs)
         b.apply_defaults()
         b.arguments.update(values)
-        return make(*b.args, **b.kwargs)
+        return wrapped(*b.args, **b.kwargs)
 
       _attach(triple[2], Architecture(make.__qualname__, static, hyper,
                                       rebuild))
@@ -171,7 +173,8 @@ def _compute(x1, x2, dynamic, values, key, slots, config):
   leaves = [values[i] for i in slots]
   hyper = jax.tree_util.tree_unflatten(
       jax.tree_util.tree_structure(key.node.hyper), leaves)
-  return key.node.rebuild(hyper)[2]._compute(x1, x2, dynamic, config)
+  return key.node.rebuild(hyper)[2]._compute(x1, x2, dynamic, config,
+                                             leaves)
 
 
 def compute(node: Architecture, x1, x2, dynamic, config):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ..sharing import hyperparameters
 from .base import correlation, elementwise_layer, safe_sqrt
 
 
@@ -32,6 +33,7 @@ def exp_rule(a: float, b: float):
   return pair_rule
 
 
+@hyperparameters("a", "b")
 def Exp(a: float = 1.0, b: float = 1.0):
   """``a * exp(b * x)``. The kernel grows like ``exp(2 b**2 var)``: in
   float32 it overflows once a variance exceeds ``~44 / b**2``."""
@@ -53,6 +55,7 @@ def gaussian_rule(a: float, b: float):
   return pair_rule
 
 
+@hyperparameters("a", "b")
 def Gaussian(a: float = 1.0, b: float = -1.0):
   """``a * exp(b * x**2)``."""
   return elementwise_layer(lambda x: a * jnp.exp(b * x**2),
@@ -70,6 +73,7 @@ def exp_normalized_rule(gamma: float, shift: float):
   return pair_rule
 
 
+@hyperparameters("gamma", "shift")
 def ExpNormalized(gamma: float = 1.0, shift: float = -1.0,
                   do_clip: bool = False):
   """The "Gaussian normalized kernel" (Shankar et al. 2020, p. 6):
@@ -112,6 +116,7 @@ def gabor_rule():
   return pair_rule
 
 
+@hyperparameters()
 def Gabor():
   """``exp(-x**2) * sin(x)``."""
   return elementwise_layer(lambda x: jnp.exp(-x**2) * jnp.sin(x), "Gabor",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ..sharing import hyperparameters
 from .base import elementwise_layer
 
 
@@ -36,12 +37,14 @@ def sin_rule(a: float, b: float, c: float):
   return pair_rule
 
 
+@hyperparameters("a", "b", "c")
 def Sin(a: float = 1.0, b: float = 1.0, c: float = 0.0):
   """``a * sin(b * x + c)``."""
   return elementwise_layer(lambda x: a * jnp.sin(b * x + c),
                            f"Sin({a}, {b}, {c})", sin_rule(a, b, c))
 
 
+@hyperparameters("a", "b", "c")
 def Cos(a: float = 1.0, b: float = 1.0, c: float = 0.0):
   """``a * cos(b * x + c) = a * sin(b * x + c + pi / 2)``."""
   return Sin(a=a, b=b, c=c + jnp.pi / 2)
@@ -57,6 +60,7 @@ def rbf_rule(gamma: float):
   return pair_rule
 
 
+@hyperparameters("gamma")
 def Rbf(gamma: float = 1.0):
   """The dual activation of the RBF kernel.
 
