@@ -37,7 +37,8 @@ from .randomized_nystrom import (apply_nystrom, gaussian_sketch,
                                  nystrom_factors)
 from .triangle_store import TriangleStore
 
-__all__ = ["BlockCG", "CGModel", "nystrom_preconditioner", "regularizer"]
+__all__ = ["BlockCG", "CGModel", "nystrom_preconditioner", "regularizer",
+           "stored_preconditioner"]
 
 
 def regularizer(diag: np.ndarray, diag_reg: float, absolute: bool) -> float:
@@ -242,19 +243,28 @@ class BlockCG:
                    callback=self.iteration_callback)
 
   def _precond(self, store, g, mu, dtype):
-    if self.preconditioner in (None, "none"):
-      return None
-    if self.preconditioner == "jacobi":
-      inv = (1. / (store.diagonal(g) + mu)).astype(dtype)
-      return lambda r: inv[:, None] * r
-    key = repr((g, mu, self.rank, self.seed, dtype.str))
-    saved = store.load_state(f"precond_{g}", key)
-    if saved is None:
-      params = nystrom_preconditioner(
-          lambda v: store.matvec(g, v), store.n, mu, self.rank, self.seed,
-          dtype)
-      store.save_state(f"precond_{g}", key, {"u": params[0],
-                                             "scale": params[1]})
-    else:
-      params = (saved["u"], saved["scale"])
-    return _apply_nystrom(params)
+    return stored_preconditioner(store, lambda v: store.matvec(g, v), g, mu,
+                                 self.preconditioner, self.rank, self.seed,
+                                 dtype)
+
+
+def stored_preconditioner(store, products: Callable, g: str, mu: float,
+                          name: Optional[str], rank: int, seed: int, dtype
+                          ) -> Optional[Callable]:
+  """``R -> P^{-1} R`` of ``K + mu I`` (``products(V) = K V``; ``name``
+  'nystrom', 'jacobi' or None); the Nystrom factors are saved in ``store``
+  (a `TriangleStore`) and reused by any later solve on it."""
+  if name in (None, "none"):
+    return None
+  if name == "jacobi":
+    inv = (1. / (store.diagonal(g) + mu)).astype(dtype)
+    return lambda r: inv[:, None] * r
+  key = repr((g, mu, rank, seed, dtype.str))
+  saved = store.load_state(f"precond_{g}", key)
+  if saved is None:
+    params = nystrom_preconditioner(products, store.n, mu, rank, seed, dtype)
+    store.save_state(f"precond_{g}", key, {"u": params[0],
+                                           "scale": params[1]})
+  else:
+    params = (saved["u"], saved["scale"])
+  return _apply_nystrom(params)
