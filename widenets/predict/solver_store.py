@@ -71,14 +71,16 @@ class SolverStore:
     if not (os.path.isdir(path) and os.listdir(path)):
       return None
     try:
-      old = import_zarr().open_group(path, mode="r").attrs.asdict().get(
-          self.ATTR)
+      attrs = import_zarr().open_group(path, mode="r").attrs.asdict()
     except Exception:  # noqa: BLE001 - not a zarr group
-      old = None
-    if old is None and not claims.is_ours(path):
+      attrs = {}
+    old = attrs.get(self.ATTR)
+    other = sorted(k for k in attrs if k.startswith("widenets"))
+    if old is None and (other or not claims.is_ours(path)):
+      what = f" (it holds {other[0]!r})" if other else ""
       raise ValueError(f"store path {path!r} is a non-empty directory that "
-                       f"is not a widenets {self.WHAT}; nothing in it was "
-                       f"changed. Pick a new path.")
+                       f"is not a widenets {self.WHAT}{what}; nothing in it "
+                       f"was changed. Pick a new path.")
     return old
 
   def _open(self, path: str) -> None:
