@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 
 from .block_cg import regularizer
 from .block_kernel import BlockKernel
@@ -270,12 +271,20 @@ class Nystrom:
     kmm = np.asarray(kernel.cross(xc, xc)[g], dtype)
     jitter = np.finfo(dtype).eps * m * max(np.trace(kmm) / m, 1e-30)
     kmm[np.diag_indices(m)] += jitter
-    t_chol = _cholesky(kmm, "K_MM", m)
+    # ``kmm.T`` is Fortran-ordered, so LAPACK factors it in place (reading
+    # the upper triangle of kmm); L L^T = K_MM, T = L^T.
+    low = _cholesky(lambda: scipy.linalg.cholesky(
+        kmm.T, lower=True, overwrite_a=True, check_finite=False), "K_MM", m)
     del kmm
-    a = t_chol @ t_chol.T
-    a *= n / m
+    # T T^T = L^T L by a symmetric rank-k update (half a matrix product);
+    # its upper triangle is what the next factorization reads.
+    syrk = scipy.linalg.blas.get_blas_funcs("syrk", (low,))
+    a = syrk(n / m, low, trans=1, lower=0)
     a[np.diag_indices(m)] += mu
-    return t_chol, _cholesky(a, "the preconditioner", m)
+    a_chol = _cholesky(lambda: scipy.linalg.cholesky(
+        a, lower=False, overwrite_a=True, check_finite=False),
+        "the preconditioner", m)
+    return low.T, a_chol
 
   def _solve(self, kernel, g, x, xc, y, mu, keep, dtype, tol, info, store):
     n, m = x.shape[0], xc.shape[0]
@@ -324,15 +333,11 @@ class Nystrom:
                         lambda r: solve_h(r, "variance")[0], mu, dtype)
 
 
-def _cholesky(a: np.ndarray, what: str, m: int) -> np.ndarray:
-  """Upper Cholesky factor of ``a`` (read from its upper triangle), in
-  ``a``'s own memory; a clear error when ``a`` is not positive definite."""
+def _cholesky(factor: Callable, what: str, m: int) -> np.ndarray:
+  """``factor()``, with a clear error when the matrix is not positive
+  definite."""
   try:
-    # ``a.T`` is Fortran-ordered, so LAPACK factors it in place; its lower
-    # factor L (L L^T = a^T = a) is returned as L^T = the upper factor.
-    low = scipy.linalg.cholesky(a.T, lower=True, overwrite_a=True,
-                                check_finite=False)
-    return low.T
+    return factor()
   except np.linalg.LinAlgError as e:
     raise ValueError(
         f"Nystrom: the Cholesky factorization of {what} ({m} x {m}) failed: "
