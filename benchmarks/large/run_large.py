@@ -178,6 +178,8 @@ def one(args):
   import numpy as np
   t0 = time.perf_counter()
   x, y, xt, yt = teacher_data(args.n, args.test, args.d, args.outputs)
+  if args.eval_test:  # the same training targets, fewer test predictions
+    xt, yt = xt[:args.eval_test], yt[:args.eval_test]
   _log(f"{args.method} n={args.n}: data in {time.perf_counter() - t0:.1f} s")
   run = _peer if args.method == "nt" else _ours
   try:
@@ -249,6 +251,8 @@ def main():
   p.add_argument("--kernel-store", default=None,
                  help="dask: run CG on this triangle store (BlockCG's)")
   p.add_argument("--maxiter", type=int, default=None)
+  p.add_argument("--eval-test", type=int, default=None,
+                 help="predict only the first this many test points")
   p.add_argument("--dtype", default=None)
   p.add_argument("--log-every", type=int, default=50)
   p.add_argument("--store-dir", default="/work/bench")
