@@ -80,6 +80,7 @@ class CGModel:
     self.store, self.key = store, key
     self.checkpoint_every, self.callback = checkpoint_every, callback
     self.variance_info: list = []
+    self.variance_batches_skipped = 0
 
   def mean(self, x_test: np.ndarray) -> np.ndarray:
     """``K(x_test, x_train) @ alpha`` block by block: ``(t, c)``."""
