@@ -65,7 +65,8 @@ def _ours(args, x, y, xt):
   store = client = None
   t_it = []
   if args.method == "block_cg":
-    store = os.path.join(args.store_dir, f"store_n{args.n}_d{args.d}")
+    store = args.kernel_store or os.path.join(args.store_dir,
+                                              f"store_n{args.n}_d{args.d}")
     t_blocks = [time.perf_counter()]
 
     def cb(i, j):
@@ -76,10 +77,16 @@ def _ours(args, x, y, xt):
              f"s/block, RSS {_rss_gib():.2f} GiB")
 
     def it_cb(it, res):
-      _log(f"CG iteration {it}: residual {res:.3g}, RSS {_rss_gib():.2f} GiB")
+      t_it.append(time.perf_counter())
+      _log(f"CG iteration {it}: residual {res:.3g}, "
+           f"{t_it[-1] - t_it[-2]:.1f} s, RSS {_rss_gib():.2f} GiB")
 
+    t_it.append(time.perf_counter())
+    # --maxiter with --kernel-store: a timing run on another job's store,
+    # so no CG checkpoint is written there.
     solver = BlockCG(store=store, block_size=args.block, rank=args.rank,
-                     checkpoint_every=5, block_callback=cb,
+                     checkpoint_every=0 if args.maxiter else 5,
+                     block_callback=cb, maxiter=args.maxiter,
                      iteration_callback=it_cb, tol=args.tol)
   elif args.method == "nystrom":
     t_it = [time.perf_counter()]
@@ -249,7 +256,7 @@ def main():
   p.add_argument("--knm-store", action="store_true",
                  help="Nystrom: K_NM in a zarr store under --store-dir")
   p.add_argument("--kernel-store", default=None,
-                 help="dask: run CG on this triangle store (BlockCG's)")
+                 help="dask, block_cg: the triangle store to use")
   p.add_argument("--maxiter", type=int, default=None)
   p.add_argument("--eval-test", type=int, default=None,
                  help="predict only the first this many test points")
