@@ -62,12 +62,16 @@ def solvers(args, store_dir):
     elif name == "nystrom":
       yield (f"nystrom m={args.m}",
              Nystrom(m=min(args.m, args.n), centres=args.centres,
-                     block_size=args.block, progress=args.progress), None)
+                     block_size=args.block, progress=args.progress,
+                     store=os.path.join(store_dir, f"knm_m{args.m}.zarr")),
+             None)
     elif name == "dask":
       from widenets.scale import DaskCG, local_client
       client = local_client(n_workers=2, dashboard_address=None)
-      yield "dask (2 workers)", DaskCG(client=client, chunks=args.block), \
-          client
+      # Reads (or, run alone, fills) BlockCG's store by worker-owned panels.
+      yield "dask (2 workers)", DaskCG(
+          client=client, chunks=args.block,
+          kernel_store=os.path.join(store_dir, "kernel.zarr")), client
 
 
 def main(argv=None):

@@ -37,6 +37,10 @@ def _rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _disk(path) -> int:
   total = 0
   for root, _, files in os.walk(path):
@@ -59,8 +63,10 @@ def _ours(args, x, y, xt):
   from widenets.predict import BlockCG, Cholesky, Nystrom
   kernel_fn = network()
   store = client = None
+  t_it = []
   if args.method == "block_cg":
-    store = os.path.join(args.store_dir, f"store_n{args.n}_d{args.d}")
+    store = args.kernel_store or os.path.join(args.store_dir,
+                                              f"store_n{args.n}_d{args.d}")
     t_blocks = [time.perf_counter()]
 
     def cb(i, j):
@@ -71,24 +77,48 @@ def _ours(args, x, y, xt):
              f"s/block, RSS {_rss_gib():.2f} GiB")
 
     def it_cb(it, res):
-      _log(f"CG iteration {it}: residual {res:.3g}, RSS {_rss_gib():.2f} GiB")
+      t_it.append(time.perf_counter())
+      _log(f"CG iteration {it}: residual {res:.3g}, "
+           f"{t_it[-1] - t_it[-2]:.1f} s, RSS {_rss_gib():.2f} GiB")
 
+    t_it.append(time.perf_counter())
+    # --maxiter with --kernel-store: a timing run on another job's store,
+    # so no CG checkpoint is written there.
     solver = BlockCG(store=store, block_size=args.block, rank=args.rank,
-                     checkpoint_every=5, block_callback=cb,
+                     checkpoint_every=0 if args.maxiter else 5,
+                     block_callback=cb, maxiter=args.maxiter,
                      iteration_callback=it_cb, tol=args.tol)
   elif args.method == "nystrom":
+    t_it = [time.perf_counter()]
+
     def it_cb(it, res):
-      if it % 5 == 0:
-        _log(f"Nystrom CG iteration {it}: residual {res:.3g}")
+      t_it.append(time.perf_counter())
+      if it % 5 == 0 or it <= 2:
+        _log(f"Nystrom CG iteration {it}: residual {res:.3g}, "
+             f"{t_it[-1] - t_it[-2]:.1f} s, RSS {_rss_gib():.2f} GiB")
+    if args.knm_store:
+      store = os.path.join(args.store_dir,
+                           f"knm_n{args.n}_d{args.d}_m{args.m}")
     solver = Nystrom(m=args.m, centres=args.centres, block_size=args.block,
                      iteration_callback=it_cb, tol=args.tol,
-                     memory_limit=args.knm_bytes)
+                     memory_limit=args.knm_bytes, store=store,
+                     dtype=args.dtype, maxiter=args.maxiter)
   elif args.method == "dask":
     from widenets.scale import DaskCG, local_client
     client = local_client(n_workers=args.workers, processes=True,
                           dashboard_address=None)
+    t_it = [time.perf_counter()]
+
+    def it_cb(it, res):
+      t_it.append(time.perf_counter())
+      _log(f"DaskCG iteration {it}: residual {res:.3g}, "
+           f"{t_it[-1] - t_it[-2]:.1f} s, workers' peak RSS GiB "
+           f"{sorted(v / 2**30 for v in client.run(_rss_bytes).values())}")
+    if args.kernel_store:
+      store = args.kernel_store
     solver = DaskCG(client=client, chunks=args.block, rank=args.rank,
-                    tol=args.tol)
+                    tol=args.tol, kernel_store=args.kernel_store,
+                    maxiter=args.maxiter, iteration_callback=it_cb)
   elif args.method == "cholesky":
     solver = Cholesky()
   else:
@@ -112,6 +142,12 @@ def _ours(args, x, y, xt):
   if "cg" in info:
     out["cg_iterations"] = info["cg"]["nngp"].iterations
     out["cg_residual"] = info["cg"]["nngp"].residual
+    if len(t_it) > 1:
+      out["cg_seconds_per_iteration"] = (t_it[-1] - t_it[1]) / max(
+          1, len(t_it) - 2)
+  for k in ("knm", "knm_blocks", "dtype", "blocks_computed"):
+    if k in info:
+      out[k] = info[k]
   if "blocks" in info:
     out["blocks_computed"] = info["blocks"].computed
     out["blocks_skipped"] = info["blocks"].skipped
@@ -149,6 +185,8 @@ def one(args):
   import numpy as np
   t0 = time.perf_counter()
   x, y, xt, yt = teacher_data(args.n, args.test, args.d, args.outputs)
+  if args.eval_test:  # the same training targets, fewer test predictions
+    xt, yt = xt[:args.eval_test], yt[:args.eval_test]
   _log(f"{args.method} n={args.n}: data in {time.perf_counter() - t0:.1f} s")
   run = _peer if args.method == "nt" else _ours
   try:
@@ -215,6 +253,14 @@ def main():
   p.add_argument("--diag-reg", type=float, default=1e-2)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--knm-bytes", type=float, default=4 * 2**30)
+  p.add_argument("--knm-store", action="store_true",
+                 help="Nystrom: K_NM in a zarr store under --store-dir")
+  p.add_argument("--kernel-store", default=None,
+                 help="dask, block_cg: the triangle store to use")
+  p.add_argument("--maxiter", type=int, default=None)
+  p.add_argument("--eval-test", type=int, default=None,
+                 help="predict only the first this many test points")
+  p.add_argument("--dtype", default=None)
   p.add_argument("--log-every", type=int, default=50)
   p.add_argument("--store-dir", default="/work/bench")
   p.add_argument("--peer", default=None)

@@ -48,7 +48,7 @@ class StoreCorruptionError(ValueError):
   """A file of the store is missing, unreadable or fails its checksum."""
 
 
-def _zarr():
+def import_zarr():
   try:
     import zarr
   except ImportError as e:
@@ -79,7 +79,7 @@ def _diff(a: dict, b: dict) -> str:
 
 def _open_group(path: str, mode: str):
   try:
-    return _zarr().open_group(path, mode=mode)
+    return import_zarr().open_group(path, mode=mode)
   except (ValueError, KeyError, TypeError) as e:
     raise StoreCorruptionError(
         f"Store {path!r}: {os.path.join(path, 'zarr.json')} does not parse "
@@ -144,7 +144,7 @@ class BlockStore:
   def _create(cls, path: str, meta: dict) -> "BlockStore":
     if not claims.is_ours(path):  # never overwrite what is not ours
       raise ValueError(f"batch: {path!r} is not a widenets store.")
-    group = _zarr().open_group(path, mode="a")
+    group = import_zarr().open_group(path, mode="a")
     grid = blocks.Grid(**meta["grid"])
     specs = [blocks.LeafSpec(**{**s, "block_shape": tuple(s["block_shape"])})
              for s in meta["leaves"]]

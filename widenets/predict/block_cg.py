@@ -33,9 +33,12 @@ import numpy as np
 
 from .block_kernel import BlockKernel
 from .pcg import pcg
+from .randomized_nystrom import (apply_nystrom, gaussian_sketch,
+                                 nystrom_factors)
 from .triangle_store import TriangleStore
 
-__all__ = ["BlockCG", "CGModel", "nystrom_preconditioner", "regularizer"]
+__all__ = ["BlockCG", "CGModel", "nystrom_preconditioner", "regularizer",
+           "stored_preconditioner"]
 
 
 def regularizer(diag: np.ndarray, diag_reg: float, absolute: bool) -> float:
@@ -46,44 +49,38 @@ def regularizer(diag: np.ndarray, diag_reg: float, absolute: bool) -> float:
 
 def nystrom_preconditioner(matvec: Callable, n: int, mu: float, rank: int,
                            seed: int, dtype) -> tuple:
-  r"""Randomized Nystrom preconditioner of ``K + mu I`` from one pass.
-
-  ``Y = K Omega`` for an orthonormal Gaussian ``Omega (n, r)``, then
-  ``K ~ U diag(lam) U^T`` (Frangella, Tropp & Udell 2023, Alg. 2.1) and
-  :math:`P^{-1} = I + U ((\lambda_r + \mu) / (\Lambda + \mu) - 1) U^T`.
-  Returns ``(U, scale)``.
-  """
-  rank = min(rank, n)
-  rng = np.random.default_rng(seed)
-  omega, _ = np.linalg.qr(rng.standard_normal((n, rank)).astype(dtype))
-  y = matvec(omega).astype(dtype)
-  nu = np.sqrt(n) * np.finfo(dtype).eps * np.linalg.norm(y)
-  y = y + nu * omega
-  c = np.linalg.cholesky(omega.T @ y)
-  import scipy.linalg
-  bt = scipy.linalg.solve_triangular(c, y.T, lower=True)
-  u, s, _ = np.linalg.svd(bt.T, full_matrices=False)
-  lam = np.maximum(s ** 2 - nu, 0.)
-  return u.astype(dtype), ((lam[-1] + mu) / (lam + mu) - 1.).astype(dtype)
+  """``(U, scale)`` of the randomized Nystrom preconditioner of ``K + mu I``
+  (`widenets.predict.randomized_nystrom`) from one product ``matvec``."""
+  return nystrom_factors(matvec, gaussian_sketch(n, rank, seed, dtype), mu)
 
 
 def _apply_nystrom(params):
-  u, scale = params
-  return lambda r: r + u @ (scale[:, None] * (u.T @ r))
+  return lambda r: apply_nystrom(params, r)
 
 
 class CGModel:
-  """A solved exact system: streamed test means and CG variances."""
+  """A solved exact system: streamed test means and CG variances.
+
+  With a ``store`` (a `SolverStore`), the variance solves are resumable like
+  the mean solve: the variances of finished test batches and the CG state of
+  the running one (every ``checkpoint_every`` iterations) are saved in it
+  under ``key`` and the test inputs' hash.
+  """
 
   def __init__(self, kernel: BlockKernel, x_train: np.ndarray, kind: str,
                alpha: np.ndarray, matvec: Callable, precond: Callable,
                tol: float, maxiter: int, variance_batch: int,
-               on_failure: str = "warn"):
+               on_failure: str = "warn", store=None, key: str = "",
+               checkpoint_every: int = 0,
+               callback: Optional[Callable] = None):
     self.kernel, self.x_train, self.kind = kernel, x_train, kind
     self.alpha, self.matvec, self.precond = alpha, matvec, precond
     self.tol, self.maxiter = tol, maxiter
     self.variance_batch, self.on_failure = variance_batch, on_failure
+    self.store, self.key = store, key
+    self.checkpoint_every, self.callback = checkpoint_every, callback
     self.variance_info: list = []
+    self.variance_batches_skipped = 0
 
   def mean(self, x_test: np.ndarray) -> np.ndarray:
     """``K(x_test, x_train) @ alpha`` block by block: ``(t, c)``."""
@@ -96,24 +93,55 @@ class CGModel:
         out[i:i + b] += blk @ self.alpha[j:j + b]
     return out
 
+  def _saved(self, x_test: np.ndarray, t: int):
+    """``(name, key, out, done)``: the saved variances of finished batches."""
+    if self.store is None or self.store.path is None:
+      return None, None, np.empty(t, np.float64), 0
+    key = hashlib.sha256(np.ascontiguousarray(x_test).tobytes() + repr(
+        (self.key, x_test.shape, x_test.dtype.str,
+         self.variance_batch)).encode()).hexdigest()
+    name = f"variance_{self.kind}"
+    saved = self.store.load_state(name, key)
+    if saved is None:
+      return name, key, np.empty(t, np.float64), 0
+    return name, key, np.array(saved["out"]), int(saved["done"])
+
   def variance(self, x_test: np.ndarray) -> np.ndarray:
     r"""Diagonal of the posterior covariance :math:`k_{**} - K_* (K +
     \mu I)^{-1} K_*^T` (prior kernel = the solved one): ``(t,)``."""
     kvar = BlockKernel(self.kernel.kernel_fn, (self.kind,),
                        min(self.variance_batch, self.kernel.block_size),
                        self.kernel.dtype, self.kernel.kwargs)
-    prior = kvar.diagonal(x_test, block=kvar.block_size)[self.kind]
-    out = np.empty(x_test.shape[0], np.float64)
-    vb = kvar.block_size
-    for i in range(0, x_test.shape[0], vb):
+    t, vb = x_test.shape[0], kvar.block_size
+    name, key, out, done = self._saved(x_test, t)
+    self.variance_batches_skipped = -(-done // vb)
+    if done < t:
+      prior = kvar.diagonal(x_test, block=vb)[self.kind]
+    for i in range(done, t, vb):
       k_tn = kvar.cross(x_test[i:i + vb], self.x_train)[self.kind]
       rhs = np.ascontiguousarray(k_tn.T, self.alpha.dtype)
-      z, info = pcg(self.matvec, self.precond, rhs, self.tol, self.maxiter,
-                    name=f"posterior variance ({self.kind})",
-                    on_failure=self.on_failure)
+      z, info = self._solve(rhs, name, key, i)
       self.variance_info.append(info)
       out[i:i + vb] = prior[i:i + vb] - np.sum(rhs * z, axis=0)
+      if name is not None:
+        self.store.save_state(name, key, {"out": out,
+                                          "done": np.asarray(i + vb)})
+        self.store.remove_state(f"{name}_cg")
     return out.astype(self.alpha.dtype)
+
+  def _solve(self, rhs, name, key, i):
+    """One variance solve, resumable from its checkpoint when stored."""
+    state = checkpoint = None
+    if name is not None:
+      cg_key = f"{key}:{i}"
+      state = self.store.load_state(f"{name}_cg", cg_key)
+      checkpoint = self.store.checkpointer(f"{name}_cg", cg_key)
+    return pcg(self.matvec, self.precond, rhs, self.tol, self.maxiter,
+               state=state, checkpoint=checkpoint,
+               checkpoint_every=self.checkpoint_every if name else 0,
+               callback=self.callback,
+               name=f"posterior variance ({self.kind})",
+               on_failure=self.on_failure)
 
 
 @dataclasses.dataclass(eq=False)
@@ -195,9 +223,9 @@ class BlockCG:
     t0 = time.perf_counter()
     precond = self._precond(store, g, mu, dtype)
     info["precond_seconds"] += time.perf_counter() - t0
+    key_model = (g, mu, self.preconditioner, self.rank, self.seed, dtype.str)
     key = hashlib.sha256(np.ascontiguousarray(y).tobytes() + repr(
-        (g, mu, self.preconditioner, self.rank, self.seed, dtype.str,
-         y.shape)).encode()).hexdigest()
+        key_model + (y.shape,)).encode()).hexdigest()
     state = store.load_state(f"cg_{g}", key)
     maxiter = self.maxiter or n
     x, cg_info = pcg(
@@ -209,22 +237,35 @@ class BlockCG:
     info["cg"][g] = cg_info
     info["solve_seconds"] += cg_info.seconds
     return CGModel(kernel, x_train, g, x, matvec, precond, tol, maxiter,
-                   self.variance_batch, self.on_failure)
+                   self.variance_batch, self.on_failure, store=store,
+                   key=hashlib.sha256(repr((key_model, tol, maxiter)).encode()
+                                      ).hexdigest(),
+                   checkpoint_every=self.checkpoint_every,
+                   callback=self.iteration_callback)
 
   def _precond(self, store, g, mu, dtype):
-    if self.preconditioner in (None, "none"):
-      return None
-    if self.preconditioner == "jacobi":
-      inv = (1. / (store.diagonal(g) + mu)).astype(dtype)
-      return lambda r: inv[:, None] * r
-    key = repr((g, mu, self.rank, self.seed, dtype.str))
-    saved = store.load_state(f"precond_{g}", key)
-    if saved is None:
-      params = nystrom_preconditioner(
-          lambda v: store.matvec(g, v), store.n, mu, self.rank, self.seed,
-          dtype)
-      store.save_state(f"precond_{g}", key, {"u": params[0],
-                                             "scale": params[1]})
-    else:
-      params = (saved["u"], saved["scale"])
-    return _apply_nystrom(params)
+    return stored_preconditioner(store, lambda v: store.matvec(g, v), g, mu,
+                                 self.preconditioner, self.rank, self.seed,
+                                 dtype)
+
+
+def stored_preconditioner(store, products: Callable, g: str, mu: float,
+                          name: Optional[str], rank: int, seed: int, dtype
+                          ) -> Optional[Callable]:
+  """``R -> P^{-1} R`` of ``K + mu I`` (``products(V) = K V``; ``name``
+  'nystrom', 'jacobi' or None); the Nystrom factors are saved in ``store``
+  (a `TriangleStore`) and reused by any later solve on it."""
+  if name in (None, "none"):
+    return None
+  if name == "jacobi":
+    inv = (1. / (store.diagonal(g) + mu)).astype(dtype)
+    return lambda r: inv[:, None] * r
+  key = repr((g, mu, rank, seed, dtype.str))
+  saved = store.load_state(f"precond_{g}", key)
+  if saved is None:
+    params = nystrom_preconditioner(products, store.n, mu, rank, seed, dtype)
+    store.save_state(f"precond_{g}", key, {"u": params[0],
+                                           "scale": params[1]})
+  else:
+    params = (saved["u"], saved["scale"])
+  return _apply_nystrom(params)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 import time
 import warnings
 from typing import Any, Optional
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._common import is_array, is_concrete, precision
+from .randomized_nystrom import apply_nystrom, nystrom_factors
 
 __all__ = ["KernelBlocks", "CG", "CGInfo", "cg_solve"]
 
@@ -151,20 +151,10 @@ def _as_blocks(kernel, block_size: int, dtype=None) -> KernelBlocks:
 
 
 def _nystrom(op: KernelBlocks, mu, rank: int, seed: int):
-  n, dtype = op.n, op.dtype
-  rank = min(rank, n)
-  omega = jax.random.normal(jax.random.PRNGKey(seed), (n, rank), dtype)
+  omega = jax.random.normal(jax.random.PRNGKey(seed), (op.n, min(rank, op.n)),
+                            op.dtype)
   omega, _ = jnp.linalg.qr(omega)
-  y = op @ omega
-  # Shift for numerical stability, then a Cholesky of Omega^T Y (Frangella et
-  # al. 2023, Alg. 2.1).
-  nu = math.sqrt(n) * jnp.finfo(dtype).eps * jnp.linalg.norm(y)
-  y = y + nu * omega
-  c = jnp.linalg.cholesky(omega.T @ y)
-  b = jax.scipy.linalg.solve_triangular(c, y.T, lower=True).T
-  u, s, _ = jnp.linalg.svd(b, full_matrices=False)
-  lam = jnp.maximum(s ** 2 - nu, 0.)
-  return (u, (lam[-1] + mu) / (lam + mu) - 1.)
+  return nystrom_factors(lambda v: op @ v, omega, mu)
 
 
 def _block_jacobi(op: KernelBlocks, mu, block_size: int):
@@ -183,8 +173,7 @@ def _block_jacobi(op: KernelBlocks, mu, block_size: int):
 @functools.partial(jax.jit, static_argnums=0)
 def _apply_precond(kind, params, r):
   if kind == "nystrom":
-    u, scale = params
-    return r + u @ (scale[:, None] * (u.T @ r))
+    return apply_nystrom(params, r)
   if kind == "jacobi":
     return params[0][:, None] * r
   if kind == "block_jacobi":

@@ -23,22 +23,32 @@ which equals the exact :math:`k_{**} - K_{*N}(K + \mu I)^{-1}K_{N*}` when
 the centres are all training points (``m = n``).
 
 Cost: ``n m`` kernel evaluations (``K_NM``, in row blocks) plus ``m^2``
-(``K_MM``), ``O(m^3)`` for the preconditioner, ``O(n m c)`` per iteration;
-memory ``O(n m)`` for ``K_NM`` (or ``O(m^2 + b m)`` recomputing ``K_NM``
-each iteration when it is over ``memory_limit`` bytes).
+(``K_MM``), ``O(m^3)`` for the preconditioner, ``O(n m c)`` per iteration.
+Memory: the two ``m x m`` triangular factors (``K_MM`` itself is not kept:
+:math:`K_{MM} u = T^T (T u)`), in float64 when they take at most half of
+``memory_limit`` and float32 otherwise, plus ``K_NM``:
+
+* ``store=PATH``: ``K_NM`` in row blocks in a zarr store on disk (`RowStore`,
+  resumable, ``4 n m`` bytes), read one block per product, so memory is
+  ``O(m^2 + b m)``; the CG state is checkpointed there too;
+* ``store=None``: held in memory when it fits in ``memory_limit`` (with the
+  factors), else recomputed block by block at every product.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 
 from .block_cg import regularizer
 from .block_kernel import BlockKernel
 from .pcg import pcg
+from .row_store import RowStore
 
 __all__ = ["Nystrom", "NystromModel", "rpcholesky_centres"]
 
@@ -93,25 +103,27 @@ def _check_m(m, n: int) -> int:
 
 
 class _KNM:
-  """``K_NM`` in row blocks: held in memory or recomputed per product."""
+  """``K_NM`` by row blocks: held in memory, read from a `RowStore`, or
+  recomputed per product (module doc)."""
 
   def __init__(self, kernel: BlockKernel, kind: str, x: np.ndarray,
-               xc: np.ndarray, keep: bool, dtype):
+               xc: np.ndarray, keep: bool, dtype, store=None):
     self.kernel, self.kind, self.x, self.xc = kernel, kind, x, xc
-    self.dtype, self.b = dtype, kernel.block_size
+    self.dtype, self.b, self.store = dtype, kernel.block_size, store
     self.blocks = [self._compute(i) for i in range(0, x.shape[0], self.b)] \
-        if keep else None
+        if keep and store is None else None
 
   def _compute(self, i: int) -> np.ndarray:
-    xb = self.x[i:i + self.b]
+    if self.store is not None:
+      return self.store.block(self.kind, i // self.b)
     # Kept in the kernel's dtype (half the memory of float64); products
     # upcast one block at a time.
-    return self.kernel.cross(xb, self.xc)[self.kind]
+    return self.kernel.cross(self.x[i:i + self.b], self.xc)[self.kind]
 
   def row_blocks(self):
     for k, i in enumerate(range(0, self.x.shape[0], self.b)):
-      yield i, (self.blocks[k] if self.blocks is not None
-                else self._compute(i))
+      kb = self.blocks[k] if self.blocks is not None else self._compute(i)
+      yield i, kb.astype(self.dtype, copy=False)
 
   def gram_apply(self, v: np.ndarray) -> np.ndarray:
     """``K_MN (K_NM v)``."""
@@ -165,14 +177,19 @@ class Nystrom:
     centres: ``'uniform'``, ``'rpcholesky'``, or an array of ``m`` training
       indices.
     block_size: rows per kernel block.
+    store: a directory for a zarr store of ``K_NM`` (row blocks on disk,
+      resumable, CG checkpoints), or None (module doc).
     tol: relative residual of the preconditioned CG (default 1e-5 in
       float32, 1e-9 in float64).
     maxiter: CG iteration cap (default ``min(max(100, 2 m), 1000)``).
     seed: centre sampling seed.
-    dtype: compute dtype (default float64 for the ``m x m`` algebra).
-    memory_limit: keep ``K_NM`` in memory when it takes at most this many
-      bytes; otherwise recompute its blocks at every product.
-    progress: True for a tqdm bar over CG iterations.
+    dtype: dtype of the ``m x m`` algebra and the CG (default: float64 when
+      its two factors take at most ``memory_limit / 2`` bytes, else float32).
+    memory_limit: in-memory budget in bytes: picks ``dtype`` and, without a
+      store, whether ``K_NM`` is held (else recomputed at every product).
+    checkpoint_every: with a store, save the CG state every this many
+      iterations.
+    progress: True for tqdm bars over ``K_NM`` blocks and CG iterations.
     on_failure: ``'warn'`` or ``'raise'`` when CG does not converge.
     info: report of the last run.
   """
@@ -180,11 +197,13 @@ class Nystrom:
   m: Optional[int] = None
   centres: Union[str, np.ndarray] = "uniform"
   block_size: int = 2048
+  store: Optional[str] = None
   tol: Optional[float] = None
   maxiter: Optional[int] = None
   seed: int = 0
-  dtype: Any = "float64"
+  dtype: Any = None
   memory_limit: float = 4 * 2**30
+  checkpoint_every: int = 10
   progress: Any = False
   on_failure: str = "warn"
   iteration_callback: Optional[Callable] = None
@@ -208,13 +227,19 @@ class Nystrom:
                        f"(0..{x.shape[0] - 1}); got shape {idx.shape}.")
     return idx
 
+  def _dtype(self, m: int):
+    if self.dtype is not None:
+      return np.dtype(self.dtype)
+    return np.dtype(np.float64 if 16 * m * m <= self.memory_limit / 2
+                    else np.float32)
+
   def fit(self, kernel_fn: Callable, x_train: np.ndarray, y2: np.ndarray,
           kinds: tuple, diag_reg: float, absolute: bool,
           kwargs: dict) -> dict:
     """Chooses centres, solves per kernel; returns ``{kind: NystromModel}``."""
     n = x_train.shape[0]
     m = _check_m(min(n, 1000) if self.m is None else self.m, n)
-    dtype = np.dtype(self.dtype or np.float64)
+    dtype = self._dtype(m)
     tol = self.tol if self.tol is not None else (
         1e-9 if dtype == np.float64 else 1e-5)
     kernel = BlockKernel(kernel_fn, kinds, self.block_size, None, kwargs)
@@ -223,26 +248,49 @@ class Nystrom:
     idx = self._centres(kernel, kinds[0], x_train, diag[kinds[0]], m)
     info = {"centres": idx, "centre_seconds": time.perf_counter() - t0,
             "cg": {}, "knm_seconds": 0., "precond_seconds": 0.,
-            "solve_seconds": 0.}
+            "solve_seconds": 0., "dtype": dtype.name}
     self.info = info
     xc = x_train[idx]
-    keep = n * m * 4 <= self.memory_limit
+    store = None
+    t0 = time.perf_counter()
+    if self.store is not None:
+      store = RowStore(kernel, x_train, xc, self.store)
+      info["knm_blocks"] = store.fill(self.progress)
+    info["knm_seconds"] += time.perf_counter() - t0
+    keep = n * m * 4 + 2 * m * m * dtype.itemsize <= self.memory_limit
+    info["knm"] = ("store" if store is not None else
+                   "memory" if keep else "recomputed")
     return {g: self._solve(kernel, g, x_train, xc, y2.astype(dtype),
                            regularizer(diag[g], diag_reg, absolute), keep,
-                           dtype, tol, info) for g in kinds}
+                           dtype, tol, info, store) for g in kinds}
 
-  def _solve(self, kernel, g, x, xc, y, mu, keep, dtype, tol, info):
+  def _factors(self, kernel, g, xc, n, mu, dtype):
+    """Upper Cholesky factors ``T`` of ``K_MM`` and ``A`` of ``(n/m) T T^T +
+    mu I``, computed in place (two ``m x m`` arrays at most)."""
+    m = xc.shape[0]
+    kmm = np.asarray(kernel.cross(xc, xc)[g], dtype)
+    jitter = np.finfo(dtype).eps * m * max(np.trace(kmm) / m, 1e-30)
+    kmm[np.diag_indices(m)] += jitter
+    # ``kmm.T`` is Fortran-ordered, so LAPACK factors it in place (reading
+    # the upper triangle of kmm); L L^T = K_MM, T = L^T.
+    low = _cholesky(lambda: scipy.linalg.cholesky(
+        kmm.T, lower=True, overwrite_a=True, check_finite=False), "K_MM", m)
+    del kmm
+    # T T^T = L^T L by a symmetric rank-k update (half a matrix product);
+    # its upper triangle is what the next factorization reads.
+    syrk = scipy.linalg.blas.get_blas_funcs("syrk", (low,))
+    a = syrk(n / m, low, trans=1, lower=0)
+    a[np.diag_indices(m)] += mu
+    a_chol = _cholesky(lambda: scipy.linalg.cholesky(
+        a, lower=False, overwrite_a=True, check_finite=False),
+        "the preconditioner", m)
+    return low.T, a_chol
+
+  def _solve(self, kernel, g, x, xc, y, mu, keep, dtype, tol, info, store):
     n, m = x.shape[0], xc.shape[0]
     t0 = time.perf_counter()
-    kmm = kernel.cross(xc, xc)[g].astype(dtype)
-    kmm = (kmm + kmm.T) / 2
-    knm = _KNM(kernel, g, x, xc, keep, dtype)
-    info["knm_seconds"] += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jitter = np.finfo(dtype).eps * m * max(np.trace(kmm) / m, 1e-30)
-    t_chol = _cholesky(kmm + jitter * np.eye(m, dtype=dtype), "K_MM", m)
-    a_chol = _cholesky((n / m) * (t_chol @ t_chol.T) +
-                       mu * np.eye(m, dtype=dtype), "the preconditioner", m)
+    knm = _KNM(kernel, g, x, xc, keep, dtype, store)
+    t_chol, a_chol = self._factors(kernel, g, xc, n, mu, dtype)
     info["precond_seconds"] += time.perf_counter() - t0
 
     def b_apply(v):
@@ -256,33 +304,43 @@ class Nystrom:
 
     def matvec(v):
       u = b_apply(v)
-      return bt_apply(knm.gram_apply(u) + mu * (kmm @ u))
+      # mu K_MM u = mu T^T (T u): K_MM itself is not kept.
+      return bt_apply(knm.gram_apply(u) + mu * (t_chol.T @ (t_chol @ u)))
 
     maxiter = self.maxiter or min(max(100, 2 * m), 1000)
 
-    def solve_h(rhs, name):
+    def solve_h(rhs, name, state_name=None):
+      state = checkpoint = None
+      if state_name is not None and store is not None:
+        key = hashlib.sha256(np.ascontiguousarray(rhs).tobytes() + repr(
+            (g, mu, m, dtype.str, tol)).encode()).hexdigest()
+        state = store.load_state(state_name, key)
+        checkpoint = store.checkpointer(state_name, key)
       beta, cg_info = pcg(matvec, None, bt_apply(rhs), tol, maxiter,
+                          state=state, checkpoint=checkpoint,
+                          checkpoint_every=self.checkpoint_every
+                          if checkpoint else 0,
                           progress=self.progress,
                           callback=self.iteration_callback,
                           name=f"Nystrom {name} ({g}, m={m})",
                           on_failure=self.on_failure)
       return b_apply(beta), cg_info
 
-    alpha, cg_info = solve_h(knm.t_apply(y), "solve")
+    alpha, cg_info = solve_h(knm.t_apply(y), "solve", f"cg_{g}")
     info["cg"][g] = cg_info
     info["solve_seconds"] += cg_info.seconds
     return NystromModel(kernel, g, xc, alpha, t_chol,
                         lambda r: solve_h(r, "variance")[0], mu, dtype)
 
 
-def _cholesky(a: np.ndarray, what: str, m: int) -> np.ndarray:
-  """Upper Cholesky factor, with a clear error when ``a`` is not PD."""
+def _cholesky(factor: Callable, what: str, m: int) -> np.ndarray:
+  """``factor()``, with a clear error when the matrix is not positive
+  definite."""
   try:
-    return scipy.linalg.cholesky(a, lower=False)
+    return factor()
   except np.linalg.LinAlgError as e:
     raise ValueError(
         f"Nystrom: the Cholesky factorization of {what} ({m} x {m}) failed: "
         f"the centres are (numerically) linearly dependent. Use fewer "
         f"centres, centres='rpcholesky', dtype='float64' or a larger "
         f"diag_reg.") from e
-

@@ -13,40 +13,54 @@ the unflagged blocks. Checkpoints of iterative solvers (`save_state` /
 `load_state`) are ``.npz`` files in the store, replaced atomically
 (``os.replace``), so a kill while writing one keeps the previous one.
 
-A store written for other inputs, another network or another block size is
-refused with `StoreMismatchError`: its metadata holds the sha256 of the
-inputs, the kernel function's description and a *probe* (the kernel of the
-first few examples), which differs between networks whose descriptions
-happen to agree.
+The store's ownership, identity checks (a store of other inputs, another
+network or another block size is refused with `StoreMismatchError`) and
+solver checkpoints are those of every solver store (`SolverStore`).
+`read_panel` reads a row panel from the store's path alone (no kernel
+function), which is what a Dask worker does (widenets.scale.dask_cg).
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Callable, Optional
 
 import numpy as np
 
-from ..batching.job import fingerprint
 from ..batching.progress import make_progress
-from ..batching.store import StoreMismatchError
+from ..batching.store import import_zarr
 from .block_kernel import BlockKernel
+from .solver_store import SolverStore, StoreMismatchError, kernel_meta
 
-__all__ = ["TriangleStore", "StoreMismatchError", "FillStats"]
-
-FORMAT = 1
-_ATTR = "widenets_triangle"
-_PROBE = 4
+__all__ = ["TriangleStore", "StoreMismatchError", "FillStats", "read_panel",
+           "panel_product", "store_layout"]
 
 
-def _zarr():
-  try:
-    import zarr
-  except ImportError as e:
-    raise ImportError("Kernel stores need zarr: pip install 'widenets[scale]' "
-                      "(or pip install zarr).") from e
-  return zarr
+def store_layout(path: str) -> dict:
+  """``{'n', 'block_size', 'kinds'}`` of the triangle store at ``path``."""
+  meta = import_zarr().open_group(path, mode="r").attrs.asdict().get(
+      TriangleStore.ATTR)
+  if meta is None:
+    raise ValueError(f"{path!r} is not a widenets triangle kernel store.")
+  return {"n": meta["n"], "block_size": meta["block_size"],
+          "kinds": meta["kernel"]["kinds"]}
+
+
+def read_panel(path: str, kind: str, i: int, n: int, b: int) -> np.ndarray:
+  """Row panel ``i`` (``K[rows(i), rows(i).start:]``) of the store at
+  ``path``, read from disk only."""
+  r0, r1 = i * b, min(n, (i + 1) * b)
+  group = import_zarr().open_group(path, mode="r")
+  return np.asarray(group[f"k_{kind}"][r0:r1, r0:])
+
+
+def panel_product(p: np.ndarray, v: np.ndarray, r0: int) -> np.ndarray:
+  """Panel ``p`` (rows ``r0:r0 + len(p)``, columns ``r0:``) times ``v``
+  ``(n, c)``, both halves of the symmetric kernel: the ``(n - r0, c)`` part
+  of ``K v`` that starts at row ``r0``."""
+  nr = p.shape[0]
+  p = p.astype(np.result_type(v.dtype, np.float32), copy=False)
+  out = p.T @ v[r0:r0 + nr]
+  out[:nr] = p @ v[r0:]
+  return out
 
 
 class FillStats:
@@ -61,7 +75,7 @@ class FillStats:
             f"skipped={self.skipped})")
 
 
-class TriangleStore:
+class TriangleStore(SolverStore):
   """Upper-triangle kernel blocks of ``x`` (see the module docstring).
 
   Args:
@@ -70,89 +84,30 @@ class TriangleStore:
     path: a directory for a zarr store, or None (blocks kept in memory).
   """
 
+  ATTR = "widenets_triangle"
+  FORMAT = 1
+
   def __init__(self, kernel: BlockKernel, x: np.ndarray,
                path: Optional[str] = None):
-    self.kernel, self.x, self.path = kernel, x, path
+    self.kernel, self.x = kernel, x
     self.n, self.b = x.shape[0], kernel.block_size
     self.nb = -(-self.n // self.b)
     self._blocks: dict = {}
-    self._group = None
-    self.meta = self._metadata()
-    if path is not None:
-      self._open(os.fspath(path))
+    super().__init__(kernel_meta(kernel, x), path)
+    self._group = self.group
 
-  # -- metadata ----------------------------------------------------------------
-  def _metadata(self) -> dict:
-    k = min(_PROBE, self.n)
-    probe = self.kernel(self.x[:k])
-    return json.loads(json.dumps({
-        "format": FORMAT, "n": self.n, "block_size": self.b,
-        "fingerprint": fingerprint(self.x),
-        "kernel": self.kernel.description(),
-        "probe": {g: np.asarray(v, np.float64).ravel().tolist()
-                  for g, v in probe.items()}}))
-
-  def _open(self, path: str) -> None:
-    zarr = _zarr()
-    if os.path.isfile(path):
-      raise ValueError(f"store path {path!r} is a file; expected a "
-                       f"directory (a zarr store) or a new path.")
-    old = None
-    if os.path.isdir(path) and os.listdir(path):
-      try:
-        old = zarr.open_group(path, mode="r").attrs.asdict().get(_ATTR)
-      except Exception:  # noqa: BLE001 - not a zarr group
-        old = None
-      if old is None:
-        raise ValueError(f"store path {path!r} is a non-empty directory that "
-                         f"is not a widenets kernel store; pick a new path.")
-      self._check_same(path, old)
-      self._group = zarr.open_group(path, mode="r+")
-      return
-    group = zarr.open_group(path, mode="a")
+  def _create(self, group) -> None:
     for g in self.kernel.kinds:
       group.create_array(f"k_{g}", shape=(self.n, self.n),
                          chunks=(self.b, self.b), dtype=self._dtype(),
                          fill_value=0, compressors=None, overwrite=True)
     group.create_array("done", shape=(self.nb, self.nb), chunks=(1, 1),
                        dtype="uint8", fill_value=0, overwrite=True)
-    group.attrs[_ATTR] = self.meta  # last: a store without it is refused
-    self._group = group
 
   def _dtype(self):
     if self.kernel.dtype is not None:
       return self.kernel.dtype
     return np.asarray(next(iter(self.kernel(self.x[:1]).values()))).dtype
-
-  def _check_same(self, path: str, old: dict) -> None:
-    new = self.meta
-    if old.get("format") != FORMAT:
-      raise StoreMismatchError(f"Store {path!r} has format "
-                               f"{old.get('format')}; expected {FORMAT}.")
-    if old["fingerprint"] != new["fingerprint"] or old["n"] != new["n"]:
-      raise StoreMismatchError(
-          f"Store {path!r} holds the kernel of other training inputs (n="
-          f"{old['n']}, sha256 {old['fingerprint'][:16]}...); these inputs "
-          f"have n={new['n']}, sha256 {new['fingerprint'][:16]}... Use a new "
-          f"store path for a new dataset.")
-    if old["kernel"] != new["kernel"]:
-      raise StoreMismatchError(
-          f"Store {path!r} holds the kernel of another network or call: "
-          f"{old['kernel']} vs {new['kernel']}. Use a new store path.")
-    if old["block_size"] != new["block_size"]:
-      raise StoreMismatchError(
-          f"Store {path!r} was written with block_size={old['block_size']}; "
-          f"this call has block_size={new['block_size']}. Pass "
-          f"block_size={old['block_size']} to reuse it.")
-    for g, vals in new["probe"].items():
-      ref = np.asarray(old["probe"].get(g, []))
-      if ref.shape != np.shape(vals) or not np.allclose(
-          ref, vals, rtol=1e-4, atol=1e-6 * float(np.max(np.abs(ref)) + 1)):
-        raise StoreMismatchError(
-            f"Store {path!r}: the {g!r} kernel of the first {_PROBE} "
-            f"examples differs from this network's ({ref[:3]} vs "
-            f"{np.asarray(vals)[:3]}...): another network wrote it. Use a "
-            f"new store path.")
 
   # -- blocks ------------------------------------------------------------------
   def rows(self, i: int) -> slice:
@@ -216,10 +171,7 @@ class TriangleStore:
     out = np.zeros((self.n, v.shape[1]), np.result_type(v.dtype, np.float32))
     for i in range(self.nb):
       r = self.rows(i)
-      p = self.panel(kind, i).astype(out.dtype, copy=False)
-      out[r] += p @ v[r.start:]
-      if r.stop < self.n:
-        out[r.stop:] += p[:, r.stop - r.start:].T @ v[r]
+      out[r.start:] += panel_product(self.panel(kind, i), v, r.start)
     return out
 
   def diagonal(self, kind: str) -> np.ndarray:
@@ -232,36 +184,3 @@ class TriangleStore:
         blk = np.asarray(self._group[f"k_{kind}"][r, r])
       parts.append(np.diagonal(blk))
     return np.concatenate(parts)
-
-  def nbytes_on_disk(self) -> int:
-    if self.path is None:
-      return 0
-    total = 0
-    for root, _, files in os.walk(self.path):
-      total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total
-
-  # -- solver checkpoints ---------------------------------------------------
-  def _state_path(self, name: str) -> Optional[str]:
-    return None if self.path is None else os.path.join(self.path,
-                                                       f"{name}.npz")
-
-  def save_state(self, name: str, key: str, arrays: dict) -> None:
-    """Atomically writes ``arrays`` (tagged with ``key``) as ``name``."""
-    path = self._state_path(name)
-    if path is None:
-      return
-    fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, __key__=np.asarray(key), **arrays)
-    os.replace(tmp, path)
-
-  def load_state(self, name: str, key: str) -> Optional[dict]:
-    """The arrays saved as ``name`` with the same ``key``, or None."""
-    path = self._state_path(name)
-    if path is None or not os.path.exists(path):
-      return None
-    with np.load(path) as f:
-      if str(f["__key__"]) != key:
-        return None
-      return {k: f[k] for k in f.files if k != "__key__"}

@@ -17,6 +17,14 @@ to one machine. The ``(n, c)`` CG vectors stay on the client. Test means
 ``K_* alpha`` are also computed on the cluster. The same code runs on a
 ``LocalCluster``, dask-jobqueue (SLURM, PBS, ...) or dask-kubernetes
 clusters: pass their ``distributed.Client``. See docs/scale.md.
+
+With ``kernel_store=PATH`` (a `TriangleStore`, e.g. the one a `BlockCG` job
+wrote; a directory all workers see) each worker owns a fixed set of row
+panels of the upper triangle (widenets.scale.store_panels): it computes
+their missing blocks, and at every CG product reads them from the store and
+returns one ``(n, c)`` partial sum. The store's identity checks, its saved
+Nystrom preconditioner and its variance checkpoints are shared with
+`BlockCG`; the CG state itself is not checkpointed here.
 """
 from __future__ import annotations
 
@@ -27,9 +35,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..predict.block_cg import CGModel, nystrom_preconditioner, regularizer
+from ..predict.block_cg import (CGModel, nystrom_preconditioner, regularizer,
+                                stored_preconditioner)
 from ..predict.block_kernel import BlockKernel
 from ..predict.pcg import pcg
+from ..predict.randomized_nystrom import apply_nystrom
+from ..predict.triangle_store import TriangleStore
+from . import store_panels
 from .dask_array import kernel_array
 
 __all__ = ["DaskCG"]
@@ -59,8 +71,10 @@ class DaskCG:
     client: a ``distributed.Client`` (None: the current default scheduler,
       e.g. threads in this process).
     chunks: kernel block side.
-    store: a zarr directory the workers write the kernel to and read it
-      from (None: the blocks stay in worker memory).
+    store: a zarr directory the workers write the full kernel to (as a
+      Dask array) and read it from (None: the blocks stay in worker memory).
+    kernel_store: a triangle kernel store (`BlockCG`'s format) the workers
+      fill and read by row panels (module doc); overrides ``store``.
     tol, maxiter, preconditioner, rank, seed, dtype, variance_batch,
     on_failure, progress, iteration_callback: as in `BlockCG`.
     info: report of the last run.
@@ -69,6 +83,7 @@ class DaskCG:
   client: Any = None
   chunks: int = 2048
   store: Optional[str] = None
+  kernel_store: Optional[str] = None
   tol: Optional[float] = None
   maxiter: Optional[int] = None
   preconditioner: Optional[str] = "nystrom"
@@ -116,6 +131,9 @@ class DaskCG:
     info = {"kernel_seconds": 0., "precond_seconds": 0., "solve_seconds": 0.,
             "cg": {}}
     self.info = info
+    if self.kernel_store is not None:
+      return self._fit_store(kernel_fn, x_train, y2, kinds, diag_reg,
+                             absolute, kwargs, dtype, tol, info)
     models = {}
     for g in kinds:
       t0 = time.perf_counter()
@@ -139,7 +157,7 @@ class DaskCG:
       elif self.preconditioner == "nystrom":
         u, scale = nystrom_preconditioner(products, n, mu, self.rank,
                                           self.seed, dtype)
-        precond = lambda r, u=u, s=scale: r + u @ (s[:, None] * (u.T @ r))
+        precond = lambda r, p=(u, scale): apply_nystrom(p, r)
       info["precond_seconds"] += time.perf_counter() - t0
       maxiter = self.maxiter or n
       alpha, cg_info = pcg(matvec, precond, y2.astype(dtype), tol, maxiter,
@@ -153,4 +171,68 @@ class DaskCG:
       models[g] = _DaskModel(kernel, x_train, g, alpha, matvec, precond, tol,
                              maxiter, self.variance_batch, self.on_failure,
                              compute=self._compute, chunks=self.chunks)
+    return models
+
+  # -- a triangle store read by row panels -------------------------------------
+  def _run_owned(self, fn, owned: dict, *args) -> list:
+    """``fn(*args, panels)`` on each worker for its own panels."""
+    if self.client is None:
+      return [fn(*args, panels) for panels in owned.values() if panels]
+    futures = [self.client.submit(fn, *args, panels, workers=[w],
+                                  allow_other_workers=False, pure=False)
+               for w, panels in owned.items() if panels]
+    return self.client.gather(futures)
+
+  def _owned_products(self, store, g, owned):
+    """``V -> K V``, each worker multiplying by its own panels."""
+
+    def products(v):
+      v = np.asarray(v)
+      if self.client is not None:
+        [v] = self.client.scatter([v], broadcast=True)
+      return np.sum(self._run_owned(store_panels.owned_product, owned,
+                                    store.path, g, store.n, store.b, v),
+                    axis=0)
+
+    return products
+
+  def _fit_store(self, kernel_fn, x_train, y2, kinds, diag_reg, absolute,
+                 kwargs, dtype, tol, info) -> dict:
+    t0 = time.perf_counter()
+    kernel = BlockKernel(kernel_fn, kinds, self.chunks, None, kwargs)
+    store = TriangleStore(kernel, x_train, self.kernel_store)
+    workers = ["local"] if self.client is None else sorted(
+        self.client.scheduler_info()["workers"])
+    owned = store_panels.assign_panels(store.nb, workers)
+    info["panels"] = owned
+    if not store.done_mask()[np.triu_indices(store.nb)].all():
+      x = x_train if self.client is None else self.client.scatter(
+          x_train, broadcast=True)
+      info["blocks_computed"] = sum(self._run_owned(
+          store_panels.fill_owned, owned, store.path, kernel_fn, kinds,
+          store.b, tuple(sorted(kwargs.items())), x))
+    info["kernel_seconds"] += time.perf_counter() - t0
+    models = {}
+    for g in kinds:
+      mu = regularizer(store.diagonal(g), diag_reg, absolute)
+      products = self._owned_products(store, g, owned)
+
+      def matvec(v, products=products, mu=mu):
+        return products(v).astype(dtype, copy=False) + mu * v
+
+      t0 = time.perf_counter()
+      precond = stored_preconditioner(store, products, g, mu,
+                                      self.preconditioner, self.rank,
+                                      self.seed, dtype)
+      info["precond_seconds"] += time.perf_counter() - t0
+      maxiter = self.maxiter or store.n
+      alpha, cg_info = pcg(matvec, precond, y2.astype(dtype), tol, maxiter,
+                           progress=self.progress,
+                           callback=self.iteration_callback,
+                           name=f"DaskCG ({g}, n={store.n})",
+                           on_failure=self.on_failure)
+      info["cg"][g] = cg_info
+      info["solve_seconds"] += cg_info.seconds
+      models[g] = CGModel(kernel, x_train, g, alpha, matvec, precond, tol,
+                          maxiter, self.variance_batch, self.on_failure)
     return models
