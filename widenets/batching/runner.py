@@ -86,7 +86,16 @@ def batch(kernel_fn: Callable, batch_size: Union[int, str] = 0,
   * ``diagonal_batch=False`` kernels (full ``cov1``/``cov2``) work;
   * devices: blocks are spread over ``device_count`` devices;
   * ``batch_size='auto'`` picks the largest block that fits in half of the
-    free device memory, from XLA's memory analysis of the compiled block.
+    free device memory, from XLA's memory analysis of the compiled block;
+  * inside ``jax.jit``/``jax.grad``, and as the ``kernel_fn`` of another
+    `batch`, the blocks are traced into the enclosing computation (same
+    values; the host-side input check, mirroring of outputs of unstated
+    layout, devices, ``store_on_device=False`` and ``progress`` do not
+    apply there, and ``store`` is refused).
+
+  neural-tangents' private ``_serial(f, batch_size, store_on_device)`` and
+  ``_parallel(f, device_count=d)`` are ``batch(f, batch_size,
+  device_count=0, store_on_device=...)`` and ``batch(f, 0, device_count=d)``.
 
   Args:
     kernel_fn: ``kernel_fn(x1, x2, *args, **kwargs)`` (or
