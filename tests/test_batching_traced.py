@@ -82,3 +82,10 @@ def test_diagonal_axis_beside_an_output_axis_of_another_size():
   assert ref.shape == (7, 7, 4, 3, 3)
   out = batch(kernel_fn, 3)(x, None, params)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_vmap_of_batch():
+  xs = np.stack([XF[:5], XF[5:]])
+  out = jax.vmap(lambda x: batch(KF, 2)(x, None, "ntk"))(xs)
+  ref = jax.vmap(lambda x: KF(x, None, "ntk"))(xs)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)

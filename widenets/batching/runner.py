@@ -87,8 +87,8 @@ def batch(kernel_fn: Callable, batch_size: Union[int, str] = 0,
   * devices: blocks are spread over ``device_count`` devices;
   * ``batch_size='auto'`` picks the largest block that fits in half of the
     free device memory, from XLA's memory analysis of the compiled block;
-  * inside ``jax.jit``/``jax.grad``, and as the ``kernel_fn`` of another
-    `batch`, the blocks are traced into the enclosing computation (same
+  * inside ``jax.jit``/``jax.grad``/``jax.vmap``, and as the ``kernel_fn``
+    of another `batch`, the blocks are traced into the enclosing computation (same
     values; the host-side input check, mirroring of outputs of unstated
     layout, devices, ``store_on_device=False`` and ``progress`` do not
     apply there, and ``store`` is refused).
