@@ -88,10 +88,10 @@ def batch(kernel_fn: Callable, batch_size: Union[int, str] = 0,
   * ``batch_size='auto'`` picks the largest block that fits in half of the
     free device memory, from XLA's memory analysis of the compiled block;
   * inside ``jax.jit``/``jax.grad``/``jax.vmap``, and as the ``kernel_fn``
-    of another `batch`, the blocks are traced into the enclosing computation (same
-    values; the host-side input check, mirroring of outputs of unstated
-    layout, devices, ``store_on_device=False`` and ``progress`` do not
-    apply there, and ``store`` is refused).
+    of another `batch`, the blocks are traced into the enclosing
+    computation (same values; the host-side input check, mirroring of
+    outputs of unstated layout, devices, ``store_on_device=False`` and
+    ``progress`` do not apply there, and ``store`` is refused).
 
   neural-tangents' private ``_serial(f, batch_size, store_on_device)`` and
   ``_parallel(f, device_count=d)`` are ``batch(f, batch_size,
