@@ -35,6 +35,7 @@ import importlib
 import math
 from typing import Any, Iterator, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import ARRAY_FIELDS, Kernel, namedtuple_type
@@ -103,7 +104,8 @@ class Grid:
 
 
 def pad_rows(x, n_to: int):
-  """Pads axis 0 of a numpy array to ``n_to`` by repeating valid rows.
+  """Pads axis 0 of an array to ``n_to`` by repeating valid rows (a numpy
+  array stays numpy, on the host).
 
   Repeated real samples (not zeros) keep every kernel well defined on the
   padding (zeros would give NaN after e.g. LayerNorm); they are trimmed away.
@@ -112,7 +114,9 @@ def pad_rows(x, n_to: int):
   if n == n_to:
     return x
   extra = np.arange(n_to - n) % n
-  return np.concatenate([x, x[extra]], axis=0)
+  concatenate = np.concatenate if isinstance(x, np.ndarray) else \
+      jnp.concatenate
+  return concatenate([x, x[extra]], axis=0)
 
 
 def mirror_perm(ndim: int, rule: str) -> tuple:

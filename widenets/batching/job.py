@@ -17,6 +17,7 @@ pickling, so a job can travel to Dask workers).
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import re
 from typing import Any, Optional
@@ -26,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import blocks
-from .._tracing import freeze_static
+from .._tracing import freeze_static, is_concrete
 
 __all__ = ["BlockJob", "is_array_tree", "describe_fn", "fingerprint",
-           "all_finite"]
+           "all_finite", "has_tracers"]
 
 
 def is_array_tree(v) -> bool:
@@ -106,6 +107,18 @@ def _closure_arrays(fn, depth: int = 2) -> list:
   return found
 
 
+def _host(a):
+  """A numpy copy of a concrete array; a tracer as it is."""
+  return np.asarray(a) if is_concrete(a) else a
+
+
+def has_tracers(tree) -> bool:
+  """Whether any array leaf of ``tree`` is a tracer (inside `jit`, `grad`,
+  `vmap`: its value is not known)."""
+  return any(isinstance(leaf, jax.Array) and not is_concrete(leaf)
+             for leaf in jax.tree_util.tree_leaves(tree))
+
+
 class BlockJob:
   """``kernel_fn`` with its non-input arguments sorted into static/dynamic."""
 
@@ -168,6 +181,15 @@ class BlockJob:
                        [self.pair_kwargs[k] for k in sorted(self.pair_kwargs)],
                        self.rng, _closure_arrays(self.kernel_fn))
 
+  def holds_tracers(self) -> bool:
+    """Whether the call's arrays (params, keys, pairs, or arrays the kernel
+    function closes over or is a `functools.partial` of) include tracers."""
+    fn = self.kernel_fn
+    bound = (getattr(fn, "args", ()), getattr(fn, "keywords", None)) \
+        if isinstance(fn, functools.partial) else ()
+    return has_tracers([self.array_args, self.array_kwargs, self.pair_kwargs,
+                        self.rng, _closure_arrays(fn), bound])
+
   def with_get(self, get) -> "BlockJob":
     """The same job asking for ``get`` instead (positional or keyword)."""
     args = [None] * self.n_args
@@ -211,7 +233,7 @@ class BlockJob:
       if v2 is None and grid.symmetric:
         v2 = v1
       pad = lambda v, n: None if v is None else jax.tree_util.tree_map(
-          lambda a: blocks.pad_rows(np.asarray(a), n), v)
+          lambda a: blocks.pad_rows(_host(a), n), v)
       p1[k], p2[k] = pad(v1, grid.padded1), pad(v2, grid.padded2)
     return p1, p2
 

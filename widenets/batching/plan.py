@@ -17,8 +17,10 @@ __all__ = ["validated_inputs", "check_finite", "n_samples",
            "hints", "leaf_specs", "probe_mirror"]
 
 
-def validated_inputs(x1, x2):
-  """Host numpy copies of the inputs, checked like ``kernel_fn`` would."""
+def validated_inputs(x1, x2, host_copies: bool = True):
+  """Host numpy copies of the inputs (or, without ``host_copies``, the
+  inputs themselves: tracers inside `jit`), checked like ``kernel_fn``
+  would."""
   def host(tree, name):
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
@@ -28,7 +30,7 @@ def validated_inputs(x1, x2):
         raise ValueError(f"batch: {name} must be arrays with a leading "
                          f"sample axis; got {type(a).__name__} of shape "
                          f"{getattr(a, 'shape', ())}.")
-    return jax.tree_util.tree_map(np.asarray, tree)
+    return jax.tree_util.tree_map(np.asarray, tree) if host_copies else tree
 
   def count(tree, name):
     n = {a.shape[0] for a in jax.tree_util.tree_leaves(tree)}
@@ -93,10 +95,16 @@ def hints(job: BlockJob) -> tuple[Optional[bool], Optional[bool]]:
   return db, ds
 
 
-def leaf_specs(job, leaves, grid: blocks.Grid, x1p, pair1, keys) -> list:
-  """`LeafSpec` per output leaf: kind, and for symmetric grids the mirror."""
+def leaf_specs(job, leaves, grid: blocks.Grid, x1p, pair1, keys,
+               probe: bool = True) -> list:
+  """`LeafSpec` per output leaf: kind, and for symmetric grids the mirror.
+
+  A pair leaf whose layout the output does not state gets its mirror rule
+  from a small computed kernel (`probe_mirror`); without ``probe`` (inside a
+  trace, where nothing can be computed) it gets none: both halves are
+  computed."""
   db_hint, ds_hint = hints(job)
-  specs, probe = [], []
+  specs, to_probe = [], []
   for path, v, kernel in leaves:
     field = path.rsplit("/", 1)[-1]
     db = kernel.diagonal_batch if kernel is not None else db_hint
@@ -108,7 +116,7 @@ def leaf_specs(job, leaves, grid: blocks.Grid, x1p, pair1, keys) -> list:
       if ds is not None:
         rule = blocks.BATCH if ds else blocks.ZIPPED
       else:
-        probe.append(len(specs))
+        to_probe.append(len(specs))
     specs.append(blocks.LeafSpec(path, kind, tuple(v.shape),
                             np.dtype(v.dtype).name, rule, source))
   # rowrow/colcol: the full cov1/cov2 is the nngp of x1 (x2) with itself.
@@ -124,10 +132,10 @@ def leaf_specs(job, leaves, grid: blocks.Grid, x1p, pair1, keys) -> list:
       else:
         src = "aux_cov1" if s.kind == blocks.ROWROW else "aux_cov2"
       specs[k] = dataclasses.replace(s, source=src)
-  if probe:
-    rules = probe_mirror(job, [specs[k] for k in probe], x1p, pair1, keys,
+  if probe and to_probe:
+    rules = probe_mirror(job, [specs[k] for k in to_probe], x1p, pair1, keys,
                           grid)
-    for k, rule in zip(probe, rules):
+    for k, rule in zip(to_probe, rules):
       specs[k] = dataclasses.replace(specs[k], mirror=rule)
   return specs
 
@@ -150,9 +158,13 @@ def probe_mirror(job, specs, x1p, pair1, keys, grid) -> list:
       rules.append(None)
       continue
     tol = 1e-4 * max(float(np.max(np.abs(v))), 1e-30)
-    ok = [r for r in ((blocks.ZIPPED, blocks.BATCH) if (v.ndim - 2) % 2 == 0
-                      else (blocks.BATCH,))
-          if np.allclose(v, blocks.mirror(v, r), rtol=1e-4, atol=tol)]
+    candidates = (blocks.ZIPPED, blocks.BATCH) if (v.ndim - 2) % 2 == 0 \
+        else (blocks.BATCH,)
+    # A rule that changes the shape (zipped pairs of unequal axes, e.g. a
+    # diagonal axis beside an output axis) cannot be this leaf's.
+    ok = [r for r in candidates
+          if blocks.mirror(v, r).shape == v.shape and
+          np.allclose(v, blocks.mirror(v, r), rtol=1e-4, atol=tol)]
     if v.ndim == 2 and ok:
       rules.append(blocks.BATCH)
     else:

@@ -18,7 +18,7 @@ from ..kernel import Kernel, same_inputs
 from ..stax.inputs import is_kernel_tree
 from ..stax.overflow import KernelOverflowError
 from . import assemble, blocks, claims, devices, plan, resume
-from .job import BlockJob, fingerprint
+from .job import BlockJob, fingerprint, has_tracers
 from .progress import make_progress
 from .store import FORMAT, BlockStore, read_meta
 
@@ -86,7 +86,16 @@ def batch(kernel_fn: Callable, batch_size: Union[int, str] = 0,
   * ``diagonal_batch=False`` kernels (full ``cov1``/``cov2``) work;
   * devices: blocks are spread over ``device_count`` devices;
   * ``batch_size='auto'`` picks the largest block that fits in half of the
-    free device memory, from XLA's memory analysis of the compiled block.
+    free device memory, from XLA's memory analysis of the compiled block;
+  * inside ``jax.jit``/``jax.grad``/``jax.vmap``, and as the ``kernel_fn``
+    of another `batch`, the blocks are traced into the enclosing
+    computation (same values; the host-side input check, mirroring of
+    outputs of unstated layout, devices, ``store_on_device=False`` and
+    ``progress`` do not apply there, and ``store`` is refused).
+
+  neural-tangents' private ``_serial(f, batch_size, store_on_device)`` and
+  ``_parallel(f, device_count=d)`` are ``batch(f, batch_size,
+  device_count=0, store_on_device=...)`` and ``batch(f, 0, device_count=d)``.
 
   Args:
     kernel_fn: ``kernel_fn(x1, x2, *args, **kwargs)`` (or
@@ -155,11 +164,14 @@ class BatchedKernelFn:
   def __call__(self, x1_or_kernel, x2=None, *args, **kwargs):
     job = BlockJob(self.kernel_fn, args, kwargs)
     start = time.perf_counter()
+    traced = has_tracers((x1_or_kernel, x2)) or job.holds_tracers()
     if is_kernel_tree(x1_or_kernel):
       if x2 is not None:
         raise ValueError("batch: pass either a Kernel or inputs (x1, x2), "
                          "not a Kernel and x2.")
-      out = self._run_kernel(job, x1_or_kernel)
+      out = self._run_kernel(job, x1_or_kernel, traced)
+    elif traced:
+      out = self._run_traced(job, x1_or_kernel, x2)
     else:
       out = self._run(job, x1_or_kernel, x2, self.store, self.progress)
     self.last_run.seconds = time.perf_counter() - start
@@ -193,7 +205,7 @@ class BatchedKernelFn:
     def spec(tree, b):
       return jax.tree_util.tree_map(
           lambda a: jax.ShapeDtypeStruct((b,) + tuple(a.shape[1:]),
-                                         np.asarray(a).dtype), tree)
+                                         np.dtype(a.dtype)), tree)
 
     def block_bytes(b):
       p1 = {k: spec(v1, b) for k, (v1, _) in job.pair_kwargs.items()}
@@ -278,6 +290,55 @@ class BatchedKernelFn:
     stats.skipped = len(all_tasks) - stats.computed
     return self._finish(job, x1, x2, desc, specs, sink, store, store_path,
                         devs[0], stats)
+
+  def _run_traced(self, job: BlockJob, x1, x2):
+    """`_run` inside a trace (``jit``/``grad``/``vmap`` of the batched
+    function, or a batched function batched again).
+
+    The same grid, padding and mirroring, each block traced into the
+    enclosing computation and the blocks concatenated (how XLA schedules
+    them is its choice). What needs values is left out: host copies,
+    finiteness checks (the NaN/inf of a block stays in the result, as in
+    ``kernel_fn`` under ``jit``) and the probe of mirror rules (a pair leaf
+    of unstated layout computes both halves); devices,
+    ``store_on_device=False`` and ``progress`` do not apply.
+    """
+    if self.store is not None:
+      raise ValueError("batch: store= needs concrete inputs, but this call "
+                       "is traced (inside jax.jit, jax.grad or jax.vmap): "
+                       "call the batched function outside the "
+                       "transformation.")
+    symmetric = x2 is None
+    x1, x2 = plan.validated_inputs(x1, x2, host_copies=False)
+    n1 = plan.n_samples(x1)
+    n2 = n1 if symmetric else plan.n_samples(x2)
+    devs = devices.select_devices(self.device_count)[:1]
+    b1, b2 = self._block_sizes(job, x1, x2, n1, n2, devs, None)
+    if symmetric:
+      b1 = b2 = max(b1, b2)
+    grid = blocks.Grid(n1, n2, b1, b2, symmetric)
+    layout = plan.Layout(job, x1, x2, grid)
+    dyn_args, dyn_kwargs = job.dynamic()
+    xb1, xb2, p1, p2, keys = layout.inputs(0, 0)
+    shape_out = job.structure(symmetric, xb1, xb2, dyn_args, dyn_kwargs, p1,
+                              p2, keys)
+    desc, leaves = blocks.flatten_output(shape_out)
+    specs = plan.leaf_specs(job, leaves, grid, None, None, None, probe=False)
+    mirrored = symmetric and all(
+        s.mirror is not None for s in specs if s.kind == blocks.PAIR)
+    stats = RunStats(grid=grid, mirrored=mirrored, devices=1)
+    self.last_run = stats
+    sink = assemble.MemorySink(specs, grid, True)
+    for i, j in grid.tasks(mirrored):
+      xb1, xb2, p1, p2, keys = layout.inputs(i, j)
+      out = job.fn(symmetric and i == j)(xb1, xb2, dyn_args, dyn_kwargs, p1,
+                                         p2, keys)
+      sink.put(i, j, {p: v for p, v, _ in blocks.flatten_output(out)[1]},
+               mirrored and i != j)
+      stats.computed += 1
+      stats.computed_blocks.append((i, j))
+    return self._finish(job, x1, x2, desc, specs, sink, None, None, None,
+                        stats, traced=True)
 
   def _block_values(self, job, layout, specs, i, j) -> dict:
     """Block ``(i, j)`` computed now, as trimmed numpy leaves by path."""
@@ -373,14 +434,16 @@ class BatchedKernelFn:
         f"with jax.config.update('jax_enable_x64', True) if it overflowed.")
 
   def _finish(self, job, x1, x2, desc, specs, sink, store, store_path,
-              device0, stats):
+              device0, stats, traced: bool = False):
     """The user-facing output: leaves from the sink, flags, nested
-    ``diagonal_batch=False`` covariances; marks a store complete."""
+    ``diagonal_batch=False`` covariances; marks a store complete.
+    ``traced``: the values are tracers, left as they are."""
     values, flags = {}, {}
     flag = same_inputs(x1, x2)
     for k, spec in enumerate(specs):
       if spec.kind == blocks.FLAG:
-        values[k] = flags[k] = np.asarray(flag, spec.dtype)
+        values[k] = flags[k] = (jnp if traced else np).asarray(flag,
+                                                               spec.dtype)
       elif spec.kind in (blocks.PAIR, blocks.ROW, blocks.COL, blocks.CONST):
         values[k] = sink.leaf(k)
     for k, spec in enumerate(specs):
@@ -394,11 +457,14 @@ class BatchedKernelFn:
         sub_store = (None if store_path is None else
                      os.path.join(store_path, spec.source))
         sub_job = job.self_job("nngp", first=spec.kind == blocks.ROWROW)
-        values[k] = self._run(sub_job, sub_x, None, sub_store, False)
+        values[k] = (self._run_traced(sub_job, sub_x, None) if traced else
+                     self._run(sub_job, sub_x, None, sub_store, False))
         self.last_run = stats
     if store is not None:
       store.set_complete(flags)
-    if store is not None or not self.store_on_device:
+    if traced:
+      pass
+    elif store is not None or not self.store_on_device:
       values = {k: np.asarray(v) if v is not None else None
                 for k, v in values.items()}
       if self.store_on_device:
@@ -410,7 +476,7 @@ class BatchedKernelFn:
     return assemble.build_output(desc, specs, stats.grid, values)
 
   # -- Kernel inputs (neural-tangents' kernel_fn(kernel) form) ----------------
-  def _run_kernel(self, job: BlockJob, k):
+  def _run_kernel(self, job: BlockJob, k, traced: bool = False):
     if self.store is not None:
       raise ValueError("batch: store= needs array inputs (x1, x2), not a "
                        "Kernel.")
@@ -433,17 +499,20 @@ class BatchedKernelFn:
 
     dyn_args, dyn_kwargs = job.dynamic()
     fn = job.fn(True)
+    # Traced kernels are placed by the enclosing computation.
+    put = (lambda tree, _: tree) if traced else devices.put
     outs = {}
     for t, (i, j) in enumerate(grid.tasks(False)):
       dev = devs[t % len(devs)]
-      outs[(i, j)] = fn(devices.put(block(i, j), dev), None,
-                        *devices.put((dyn_args, dyn_kwargs), dev), {}, {}, None)
+      outs[(i, j)] = fn(put(block(i, j), dev), None,
+                        *put((dyn_args, dyn_kwargs), dev), {}, {}, None)
     desc, leaves = blocks.flatten_output(outs[(0, 0)])
     specs = [dataclasses.replace(s, kind=blocks.CONST)
              if s.kind == blocks.FLAG else s
              for s in plan.leaf_specs(job, leaves, grid, None, None, None)]
-    sink = assemble.MemorySink(specs, grid, self.store_on_device,
-                               devs[0] if len(devs) > 1 else None)
+    sink = assemble.MemorySink(specs, grid, self.store_on_device or traced,
+                               devs[0] if len(devs) > 1 and not traced
+                               else None)
     for (i, j), out in outs.items():
       sink.put(i, j, {p: v for p, v, _ in blocks.flatten_output(out)[1]}, False)
     values = {k: sink.leaf(k) for k, s in enumerate(specs)

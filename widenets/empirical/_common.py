@@ -207,12 +207,32 @@ class VmapSpec(NamedTuple):
                 and all_none(self.kw_axes))
 
 
+def _is_sequence(x) -> bool:
+  return type(x) in (list, tuple)
+
+
+def _sequences_like(axis, tree):
+  """``axis`` with each list/tuple that lines up with a list/tuple of ``tree``
+  (same length) given that one's type: ``(0, 0)`` fits outputs ``[a, b]``.
+
+  A sequence of axes reads the same as a list or a tuple (as in
+  neural-tangents, where `parallel` returns its input's container type, so
+  the axes a user writes for the inputs fit the outputs too)."""
+  if _is_sequence(axis) and _is_sequence(tree) and len(axis) == len(tree):
+    return type(tree)(_sequences_like(a, t) for a, t in zip(axis, tree))
+  if isinstance(axis, dict) and isinstance(tree, dict):
+    return {k: _sequences_like(v, tree[k]) if k in tree else v
+            for k, v in axis.items()}
+  return axis
+
+
 def _broadcast_axis(axis, tree, what: str):
   if axis is None:
     return None
   leaves, treedef = jax.tree_util.tree_flatten(tree)
   if isinstance(axis, int):
     return jax.tree_util.tree_unflatten(treedef, [axis] * len(leaves))
+  axis = _sequences_like(axis, tree)
   try:
     return tree_map(lambda a, _: a, axis, tree,
                     is_leaf=lambda v: v is None)
