@@ -189,3 +189,21 @@ def test_monte_carlo_blocks_slice_per_input_kwargs():
   a = blocked(x, None, "ntk", pattern=(pattern, pattern))
   b = whole(x, None, "ntk", pattern=(pattern, pattern))
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_parallel_keeps_the_inputs_container_type():
+  # neural-tangents' parallel returns its inputs' type: a tuple in, a tuple
+  # out (init shapes, apply outputs, kernels); a list stays a list.
+  init_fn, apply_fn, kernel_fn = stax.parallel(
+      stax.Dense(3), stax.serial(stax.Dense(3), stax.Relu()))
+  x = np.random.RandomState(0).randn(4, 5).astype(np.float32)
+  shapes, params = init_fn(jax.random.PRNGKey(0), ((4, 5), (4, 5)))
+  assert isinstance(shapes, tuple)
+  assert isinstance(apply_fn(params, (x, x)), tuple)
+  assert isinstance(apply_fn(params, [x, x]), list)
+  ks = kernel_fn((x, x), None, "ntk")
+  assert isinstance(ks, tuple) and [k.shape for k in ks] == [(4, 4)] * 2
+  assert isinstance(kernel_fn([x, x], None, "ntk"), list)
+  jitted = jax.jit(kernel_fn, static_argnames="get")((x, x), (x[:2], x[:2]),
+                                                     "nngp")
+  assert isinstance(jitted, tuple) and jitted[1].shape == (4, 2)

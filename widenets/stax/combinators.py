@@ -89,8 +89,15 @@ def serial(*layers):
   return init_fn, apply_fn, kernel_fn
 
 
+def _like(seq, items: list):
+  """``items`` in the container type of ``seq`` (a tuple stays a tuple, as
+  in neural-tangents; anything else gives a list)."""
+  return tuple(items) if isinstance(seq, tuple) else items
+
+
 def parallel(*layers):
-  """Applies layer ``i`` to input ``i`` of a list: ``[f(x), g(y)]``."""
+  """Applies layer ``i`` to input ``i`` of a list or tuple: ``[f(x), g(y)]``
+  (outputs in the inputs' container type)."""
   init_fns, apply_fns, kernel_fns = _split(layers, "parallel")
 
   def init_fn(rng, input_shape):
@@ -99,21 +106,23 @@ def parallel(*layers):
                        f"{len(input_shape)} input shapes.")
     keys = jax.random.split(rng, len(init_fns))
     outs = [f(key, s) for f, key, s in zip(init_fns, keys, input_shape)]
-    return [o[0] for o in outs], tuple(o[1] for o in outs)
+    return _like(input_shape, [o[0] for o in outs]), tuple(o[1] for o in outs)
 
   def apply_fn(params, inputs, **kwargs):
     rng = kwargs.pop("rng", None)
     rngs = (jax.random.split(rng, len(apply_fns)) if rng is not None
             else (None,) * len(apply_fns))
-    return [f(p, x, rng=r, **kwargs)
-            for f, p, x, r in zip(apply_fns, params, inputs, rngs)]
+    return _like(inputs, [f(p, x, rng=r, **kwargs)
+                          for f, p, x, r in zip(apply_fns, params, inputs,
+                                                rngs)])
 
   def rule(ks, flags, **kwargs):
     if isinstance(ks, Kernel) or len(ks) != len(kernel_fns):
       got = 1 if isinstance(ks, Kernel) else len(ks)
       raise ValueError(f"parallel: expected {len(kernel_fns)} kernels (one "
                        f"per branch; use FanOut first); got {got}.")
-    return [_apply(f, k, flags, **kwargs) for f, k in zip(kernel_fns, ks)]
+    return _like(ks, [_apply(f, k, flags, **kwargs)
+                      for f, k in zip(kernel_fns, ks)])
 
   reqs = functools.reduce(lambda a, b: a.both(b), map(_reqs_of, kernel_fns))
   names = ", ".join(getattr(f, "__name__", "?") for f in kernel_fns)
