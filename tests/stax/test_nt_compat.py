@@ -256,3 +256,41 @@ def test_train_dropout_before_aggregate_matches_monte_carlo():
       stax.Aggregate(), stax.GlobalSumPool(), stax.Dense(512))
   k_eval = kf_eval(x, None, "nngp", pattern=(pattern, pattern))
   assert float(jnp.linalg.norm(mc - k_eval) / jnp.linalg.norm(k)) > 0.1
+
+
+# -- errors and masks as neural-tangents programs meet them ------------------
+
+
+@pytest.mark.parametrize("idx", [stax.Slice[..., 1], stax.Slice[0, ...]])
+def test_index_refusals_are_not_implemented_errors(idx):
+  # NT raises NotImplementedError here; ours is that and a ValueError.
+  _, _, kf = stax.serial(stax.Conv(4, (2, 2)), stax.Index(idx=idx),
+                         stax.GlobalAvgPool(), stax.Dense(1))
+  x = _x((3, 4, 5, 2))
+  with pytest.raises(NotImplementedError, match="Index"):
+    kf(x, None, "nngp")
+  with pytest.raises(ValueError, match="Index"):
+    kf(x, None, "nngp")
+
+
+def test_masked_apply_through_fan_out_and_parallel():
+  x = _x((4, 6)).at[:, 2].set(10.)
+  init_fn, apply_fn, _ = stax.serial(
+      stax.FanOut(2), stax.parallel(stax.Dense(3), stax.Dense(3)),
+      stax.FanInSum())
+  params = init_fn(KEY, x.shape)[1]
+  out = stax.unmask_fn(apply_fn)(params, x, mask_constant=10.)
+  # The masked input entries contribute nothing: the same as zeroing them.
+  np.testing.assert_allclose(out, apply_fn(params, x.at[:, 2].set(0.)),
+                             rtol=1e-6)
+
+
+def test_gradient_descent_predictor_jits_over_a_closed_kernel():
+  import widenets as nt
+  x = _x((5, 3))
+  k = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))[2](x, None, "ntk")
+  y = _x((5, 1), 1)
+  predictor = jax.jit(nt.predict.gradient_descent_mse(k, y))
+  fx = jnp.zeros((5, 1))
+  np.testing.assert_allclose(predictor(0., fx), fx, atol=1e-6)
+  np.testing.assert_allclose(predictor(1e6, fx), y, atol=1e-3)
