@@ -61,6 +61,41 @@ def test_mc_equals_mean_of_empirical_kernels(data):
   assert est.ntk.shape == (6, 3, 3, 3)
 
 
+# neural-tangents 0.6.5's estimate for the network and keys of
+# `test_mc_is_the_estimate_neural_tangents_draws`, under JAX's old
+# (partitionable=False) and new default random streams: (nngp, ntk), both
+# 3x2, recorded by running neural-tangents 0.6.5 (JAX 0.4.26).
+_NT_ESTIMATES = {
+    False: ([[-0.523529, 4.343049], [1.0334847, 0.22493058],
+             [0.90904444, 1.6475595]],
+            [[0.3006591, 1.4705936], [2.4745452, 0.24346559],
+             [4.2302737, 1.007829]]),
+    True: ([[-0.2771316, -0.01809692], [-0.2612117, 0.0194414],
+            [-0.18204486, 0.00287331]],
+           [[0.40018788, 1.1600662], [0.99520224, 0.79120564],
+            [0.43613243, 0.9283721]]),
+}
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64,
+                    reason="the recorded draws are float32 draws")
+@pytest.mark.parametrize("partitionable", [False, True])
+def test_mc_is_the_estimate_neural_tangents_draws(partitionable):
+  # Same key, same stream -> the same sampled networks as neural-tangents,
+  # so the same estimate to float32 round-off (not only in distribution).
+  with jax.threefry_partitionable(partitionable):
+    x1 = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    x2 = jax.random.normal(jax.random.PRNGKey(2), (2, 5))
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Relu(),
+                                       stax.Dense(2, 2., 0.5))
+    mc = nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(3), 3,
+                                  vmap_axes=0)
+    nngp, ntk = mc(x1, x2, ("nngp", "ntk"))
+  want_nngp, want_ntk = _NT_ESTIMATES[partitionable]
+  np.testing.assert_allclose(nngp, want_nngp, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ntk, want_ntk, rtol=1e-5, atol=1e-6)
+
+
 def test_mc_generator_and_batch_size(data):
   x1, _ = data
   init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Erf(),

@@ -207,3 +207,108 @@ def test_parallel_keeps_the_inputs_container_type():
   jitted = jax.jit(kernel_fn, static_argnames="get")((x, x), (x[:2], x[:2]),
                                                      "nngp")
   assert isinstance(jitted, tuple) and jitted[1].shape == (4, 2)
+
+
+# -- layers once reported as neural-tangents bugs ----------------------------
+# neural-tangents 0.6.5's kernels of these two networks (recorded by running
+# it on the inputs below): widenets gives the same numbers, and both agree
+# with Monte Carlo estimates of the finite network (docs/migration.md).
+_NT_ATTENTION_NNGP = [[15.267352, 3.4690108, -3.2340727],
+                      [3.469011, 2.0636785, -0.5846134],
+                      [-3.2340724, -0.5846135, 3.0503132]]
+_NT_DROPOUT_AGGREGATE_NNGP = [[132.87901, 59.545597, 14.092606],
+                              [59.545593, 53.626755, 21.173561],
+                              [14.092606, 21.173565, 32.935215]]
+
+
+def _graph_inputs():
+  rs = np.random.RandomState(0)
+  x = jnp.asarray(rs.randn(3, 5, 3).astype(np.float32))
+  pattern = jnp.asarray((rs.rand(3, 5, 5) < 0.5).astype(np.float32))
+  return x, pattern
+
+
+def _mc_nngp(init_fn, apply_fn, x, n_samples, **kwargs):
+  """Mean of ``f f^T / width`` over random networks (and dropout masks)."""
+
+  def one(key):
+    init_key, drop_key = jax.random.split(key)
+    out = apply_fn(init_fn(init_key, x.shape)[1], x, rng=drop_key, **kwargs)
+    return out @ out.T / out.shape[-1]
+
+  keys = jax.random.split(jax.random.PRNGKey(0), n_samples)
+  return jnp.mean(jax.lax.map(one, keys), 0)
+
+
+@pytest.mark.slow
+def test_identity_attention_with_summed_positions_matches_monte_carlo():
+  x, _ = _graph_inputs()
+  init_fn, apply_fn, kf = stax.serial(
+      stax.Dense(512),
+      stax.GlobalSelfAttention(512, 256, 256, 4, attention_mechanism="IDENTITY",
+                               pos_emb_type="SUM"),
+      stax.GlobalAvgPool(), stax.Dense(512))
+  k = kf(x, None, "nngp")
+  np.testing.assert_allclose(k, _NT_ATTENTION_NNGP, rtol=1e-4, atol=1e-4)
+  mc = _mc_nngp(init_fn, apply_fn, x, 64)
+  # Unnormalized attention weights fluctuate at finite key width: a few
+  # percent of bias at these sizes, shrinking as the widths grow.
+  assert float(jnp.linalg.norm(mc - k) / jnp.linalg.norm(k)) < 0.08
+
+
+@pytest.mark.slow
+def test_train_dropout_before_aggregate_matches_monte_carlo():
+  x, pattern = _graph_inputs()
+  init_fn, apply_fn, kf = stax.serial(
+      stax.Dense(512), stax.Relu(), stax.Dropout(0.7, mode="train"),
+      stax.Aggregate(), stax.GlobalSumPool(), stax.Dense(512))
+  k = kf(x, None, "nngp", pattern=(pattern, pattern))
+  np.testing.assert_allclose(k, _NT_DROPOUT_AGGREGATE_NNGP, rtol=1e-4,
+                             atol=1e-3)
+  mc = _mc_nngp(init_fn, apply_fn, x, 64, pattern=pattern)
+  assert float(jnp.linalg.norm(mc - k) / jnp.linalg.norm(k)) < 0.05
+  # Without the dropout term on the diagonal the estimate is clearly off:
+  # the check can tell a wrong rule.
+  _, _, kf_eval = stax.serial(
+      stax.Dense(512), stax.Relu(), stax.Dropout(0.7, mode="test"),
+      stax.Aggregate(), stax.GlobalSumPool(), stax.Dense(512))
+  k_eval = kf_eval(x, None, "nngp", pattern=(pattern, pattern))
+  assert float(jnp.linalg.norm(mc - k_eval) / jnp.linalg.norm(k)) > 0.1
+
+
+# -- errors and masks as neural-tangents programs meet them ------------------
+
+
+@pytest.mark.parametrize("idx", [stax.Slice[..., 1], stax.Slice[0, ...]])
+def test_index_refusals_are_not_implemented_errors(idx):
+  # NT raises NotImplementedError here; ours is that and a ValueError.
+  _, _, kf = stax.serial(stax.Conv(4, (2, 2)), stax.Index(idx=idx),
+                         stax.GlobalAvgPool(), stax.Dense(1))
+  x = _x((3, 4, 5, 2))
+  with pytest.raises(NotImplementedError, match="Index"):
+    kf(x, None, "nngp")
+  with pytest.raises(ValueError, match="Index"):
+    kf(x, None, "nngp")
+
+
+def test_masked_apply_through_fan_out_and_parallel():
+  x = _x((4, 6)).at[:, 2].set(10.)
+  init_fn, apply_fn, _ = stax.serial(
+      stax.FanOut(2), stax.parallel(stax.Dense(3), stax.Dense(3)),
+      stax.FanInSum())
+  params = init_fn(KEY, x.shape)[1]
+  out = stax.unmask_fn(apply_fn)(params, x, mask_constant=10.)
+  # The masked input entries contribute nothing: the same as zeroing them.
+  np.testing.assert_allclose(out, apply_fn(params, x.at[:, 2].set(0.)),
+                             rtol=1e-6)
+
+
+def test_gradient_descent_predictor_jits_over_a_closed_kernel():
+  import widenets as nt
+  x = _x((5, 3))
+  k = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))[2](x, None, "ntk")
+  y = _x((5, 1), 1)
+  predictor = jax.jit(nt.predict.gradient_descent_mse(k, y))
+  fx = jnp.zeros((5, 1))
+  np.testing.assert_allclose(predictor(0., fx), fx, atol=1e-6)
+  np.testing.assert_allclose(predictor(1e6, fx), y, atol=1e-3)

@@ -151,8 +151,11 @@ def warn_indefinite(where: str, evals, dtype, name: str = "k_train_train"
   """Warns when the smallest eigenvalue is negative beyond round-off."""
   if not is_concrete(evals):
     return
-  lo, hi = (float(v) for v in jax.device_get((evals[0], evals[-1])))
-  n = int(evals.shape[0])
+  # Indexed on the host: inside `jit` (a kernel closed over, its spectrum
+  # computed eagerly) indexing the device array would trace it again.
+  host = np.asarray(jax.device_get(evals))
+  lo, hi = float(host[0]), float(host[-1])
+  n = int(host.shape[0])
   scale = max(abs(lo), abs(hi))
   tol = _roundoff(n, dtype) * scale
   if math.isfinite(lo) and lo < -tol:

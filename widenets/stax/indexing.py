@@ -30,6 +30,12 @@ class _Slice:
 Slice = _Slice()
 
 
+class IndexNotSupportedError(ValueError, NotImplementedError):
+  """An index the infinite-width kernel has no meaning for (the channel axis,
+  or an integer removing the batch axis): a ``ValueError``, and a
+  ``NotImplementedError`` as neural-tangents raised."""
+
+
 def _full_index(idx, ndim: int) -> list:
   idx = idx if isinstance(idx, tuple) else (idx,)
   if any(i is None for i in idx):
@@ -71,12 +77,14 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1):
     full = _full_index(idx, ndim)
     ca, ba = k.channel_axis % ndim, k.batch_axis % ndim
     if full[ca] != slice(None):
-      raise ValueError(f"Index: the channel axis {ca} of inputs "
-                       f"{tuple(k.shape1)} must be kept whole (':'); got "
+      raise IndexNotSupportedError(f"Index: the channel axis {ca} of inputs "
+                       f"{tuple(k.shape1)} must be kept whole (':'): it has "
+                       f"infinitely many channels in the limit; got "
                        f"{full[ca]!r}.")
     b_idx = full[ba]
     if isinstance(b_idx, int):
-      raise ValueError(f"Index: an integer on the batch axis {ba} would "
+      raise IndexNotSupportedError(
+          f"Index: an integer on the batch axis {ba} would "
                        f"remove it; use a slice such as {b_idx}:{b_idx + 1}.")
     if b_idx != slice(None) and k.packed:
       raise ValueError("Index: cannot slice the batch of a packed kernel.")

@@ -138,6 +138,8 @@ def masked_apply(apply_fn: Callable, rule: Optional[MaskRule]) -> Callable:
       out_mask = rule.mask_fn(masks, shapes) if has_mask else None
     elif is_list:
       out_mask = None
+    elif isinstance(out, (list, tuple)):  # one input, several outputs (FanOut)
+      out_mask = [_default_mask_fn(masks, o.shape) for o in out]
     else:
       out_mask = _default_mask_fn(masks, out.shape)
     if isinstance(out, (list, tuple)):
