@@ -1,12 +1,15 @@
-"""Suite-wide settings: implicit rank promotion is reported.
+"""Suite-wide settings: implicit rank promotion is an error.
 
 Many JAX codebases (neural-tangents' own tests among them) run with
-`jax_numpy_rank_promotion='raise'`. The library must be clean under it
-(tests/robustness and the conformance suite exercise it); the suite runs with
-'warn' until the test models' own implicit broadcasts are made explicit
-(issue 14), so every implicit broadcast shows up as a warning. The library
-itself never sets this option.
+`jax_numpy_rank_promotion='raise'`; the library must be clean under it, so the
+whole suite runs with it and every implicit broadcast, in the library or in a
+test, fails loudly. The environment variable carries the setting into the
+subprocesses some tests start (examples, CLI, stores). The library itself
+never sets this option.
 """
+import os
+
 import jax
 
-jax.config.update('jax_numpy_rank_promotion', 'warn')
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+jax.config.update('jax_numpy_rank_promotion', 'raise')

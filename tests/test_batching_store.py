@@ -76,9 +76,9 @@ def test_mismatched_store_is_refused(tmp_path):
       return KF(x1 * scale, None if x2 is None else x2 * scale, get)
     return kernel_fn
 
-  batch(scaled(np.ones(1, np.float32)), 4, store=tmp_path / "c")(X, None, "ntk")
+  batch(scaled(np.ones((1, 1, 1), np.float32)), 4, store=tmp_path / "c")(X, None, "ntk")
   with pytest.raises(StoreMismatchError, match="different inputs"):
-    batch(scaled(2 * np.ones(1, np.float32)), 4, store=tmp_path / "c")(
+    batch(scaled(2 * np.ones((1, 1, 1), np.float32)), 4, store=tmp_path / "c")(
         X, None, "ntk")
   bf = batch(KF, "auto", store=path)  # 'auto' reuses the store's blocks
   bf(X, None, "ntk")

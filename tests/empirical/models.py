@@ -101,7 +101,7 @@ def shared():
   def f(p, x):
     w, v, s = p
     h = jnp.sin(x @ w) @ (2. * w.T)
-    return (h @ (w @ v)) * s
+    return (h @ (w @ v)) * s[None]
   return f, params, (4, 4), (2, 4)
 
 

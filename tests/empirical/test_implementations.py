@@ -167,7 +167,7 @@ def test_structured_fallback_warns_naming_primitive():
   params = (jnp.linspace(0.5, 1.5, 4),)
 
   def f(p, x):
-    return x * jnp.cumprod(p[0])
+    return x * jnp.cumprod(p[0])[None]
 
   x = inputs((3, 4), 0)
   with pytest.warns(StructureWarning, match="cumprod"):

@@ -39,3 +39,15 @@ def test_packed_kernel_equals_x2_equal_x1(n):
     assert a.shape == (n, n)
     np.testing.assert_array_equal(a, a.T)  # mirrored, exactly symmetric
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_packed_dropout_train_inflates_only_the_diagonal():
+  # Dropout's same-input mask on the packed layout (blocks of block pairs).
+  x = np.random.RandomState(0).randn(200, 5).astype(np.float32)
+  base = stax.serial(stax.Dense(4, b_std=0.1), stax.Relu())
+  rate = 0.6
+  k0 = base[2](x, None, "nngp")
+  k = stax.serial(base, stax.Dropout(rate))[2](x, None, "nngp")
+  eye = np.eye(200, dtype=bool)
+  np.testing.assert_allclose(np.diag(k), np.diag(k0) / rate, rtol=1e-6)
+  np.testing.assert_allclose(k[~eye], k0[~eye], rtol=1e-6)

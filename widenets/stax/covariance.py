@@ -193,7 +193,7 @@ def batch_diagonal_mask(k: Kernel):
   if k.packed:
     n_blocks, b = packing.packed_geometry(k)
     bi, bj = packing.block_pairs(n_blocks)
-    mask = (bi == bj)[:, None, None] & jnp.eye(b, dtype=bool)
+    mask = (bi == bj)[:, None, None] & jnp.eye(b, dtype=bool)[None]
     return mask.reshape(mask.shape + extra)
   n1, n2 = k.nngp.shape[:2]
   if k.row_offset is None:

@@ -307,7 +307,7 @@ def embed_spatial_diagonal(mat, batch_ndim: int):
     a = batch_ndim + 2 * i
     size = mat.shape[a]
     eye = jnp.eye(size, dtype=mat.dtype).reshape(
-        (size, size) + (1,) * (mat.ndim - a - 1))
+        (1,) * a + (size, size) + (1,) * (mat.ndim - a - 1))
     mat = jnp.expand_dims(mat, a + 1) * eye
   return mat
 
