@@ -22,6 +22,10 @@ calls among them)::
   .venv/bin/python benchmarks/bench_firstcall.py \\
       --peer .peer/nt/bin/python --call direct --call jit --repeat 3
 
+``--call phases`` instead times ``jax.jit(...)``'s ``trace``, ``lower`` and
+``compile`` apart in CPU seconds. ``--base DIR`` runs another checkout of
+widenets (e.g. the commit before a change) side by side.
+
 Every line carries the 1-minute load average when it ran (the machine is
 shared; CPU seconds are less sensitive to load than wall seconds).
 """
@@ -119,7 +123,36 @@ def count_eqns(jaxpr, counts):
   return counts
 
 
+def phases(workload: str, lib_name: str) -> dict:
+  """CPU seconds of tracing, lowering and compiling ``jax.jit`` of the
+  workload apart (``jit(...).trace``, ``.lower``, ``.compile``), in a fresh
+  process: less sensitive to the machine's load than wall seconds."""
+  import importlib
+  import jax
+  lib = importlib.import_module(lib_name)
+  net, (x1, x2) = NETS[workload](lib)
+  fn = jax.jit(lambda a, b: net(a, b, ("nngp", "ntk")))
+  res = {"workload": workload, "lib": lib_name, "call": "phases"}
+  c0 = time.process_time()
+  if hasattr(fn, "trace"):
+    traced = fn.trace(x1, x2)
+    c1 = time.process_time()
+    lowered = traced.lower()
+  else:  # older JAX (the peer's): trace and lower in one step
+    lowered = fn.lower(x1, x2)
+    c1 = c0
+  c2 = time.process_time()
+  compiled = lowered.compile()
+  c3 = time.process_time()
+  jax.block_until_ready(compiled(x1, x2))
+  res.update(trace_cpu_s=c1 - c0, lower_cpu_s=c2 - c1, compile_cpu_s=c3 - c2,
+             hlo_lines=compiled.as_text().count("\n"))
+  return res
+
+
 def worker(workload: str, lib_name: str, call: str, repeat: int) -> dict:
+  if call == "phases":
+    return phases(workload, lib_name)
   os.environ["BENCH_CALL"] = call
   t_start = time.perf_counter()
   import importlib
@@ -173,16 +206,21 @@ def main() -> None:
   ap.add_argument("--call", action="append", default=None)
   ap.add_argument("--repeat", type=int, default=3)
   ap.add_argument("--json", default=None, help="append raw results here")
+  ap.add_argument("--base", default=None,
+                  help="another checkout of widenets to run side by side "
+                       "(e.g. the commit before a change)")
   args = ap.parse_args()
   if args.worker:
     res = worker(*args.worker, repeat=args.repeat)
     print(MARK + json.dumps(res), flush=True)
     return
-  libs = [(sys.executable, "widenets")]
+  root = os.path.dirname(HERE)
+  libs = [(sys.executable, "widenets", root, "widenets")]
+  if args.base:
+    libs.insert(0, (sys.executable, "widenets", os.path.abspath(args.base),
+                    "widenets (base)"))
   if args.peer:
-    libs.append((args.peer, "neural_tangents"))
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
+    libs.append((args.peer, "neural_tangents", root, "neural_tangents"))
   print("| workload | call | lib | first wall / CPU s | trace | lower | "
         "XLA compile | steady wall / CPU s | eqns (nested jit) | load |")
   print("|---|---|---|---|---|---|---|---|---|---|")
@@ -190,24 +228,33 @@ def main() -> None:
     if args.only and not any(o in workload for o in args.only):
       continue
     for call in args.call or ["direct", "jit"]:
-      for python, lib in libs:
+      for python, lib, src, label in libs:
         load = os.getloadavg()[0]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+            [os.path.join(src, "benchmarks"), src]))
         proc = subprocess.run(
-            [python, os.path.abspath(__file__), "--worker", workload, lib,
-             call, "--repeat", str(args.repeat)],
-            capture_output=True, text=True, env=env,
-            cwd=os.path.dirname(HERE))
+            [python, os.path.join(src, "benchmarks", "bench_firstcall.py"),
+             "--worker", workload, lib, call, "--repeat", str(args.repeat)],
+            capture_output=True, text=True, env=env, cwd=src)
         line = [l for l in proc.stdout.splitlines() if l.startswith(MARK)]
         if not line:
-          print(f"| {workload} | {call} | {lib} | error: "
+          print(f"| {workload} | {call} | {label} | error: "
                 f"{proc.stderr.strip()[-300:]} |")
           continue
         r = json.loads(line[0][len(MARK):])
         r["load"] = round(max(load, os.getloadavg()[0]), 1)
+        r["label"] = label
         if args.json:
           with open(args.json, "a") as f:
             f.write(json.dumps(r) + "\n")
-        print(f"| {workload} | {call} | {lib} | {_fmt(r['first_s'])} / "
+        if call == "phases":
+          print(f"| {workload} | {call} | {label} | CPU: trace "
+                f"{_fmt(r['trace_cpu_s'])}, lower {_fmt(r['lower_cpu_s'])} "
+                f"(0 and trace + lower on the peer's JAX), "
+                f"XLA compile {_fmt(r['compile_cpu_s'])} | HLO lines "
+                f"{r['hlo_lines']} | {r['load']} |", flush=True)
+          continue
+        print(f"| {workload} | {call} | {label} | {_fmt(r['first_s'])} / "
               f"{_fmt(r['first_cpu_s'])} | {_fmt(r['trace_s'])} | "
               f"{_fmt(r['lower_s'])} | {_fmt(r['compile_s'])} | "
               f"{_fmt(r['run_s'])} / {_fmt(r['run_cpu_s'])} | "
