@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..kernel import Kernel
-from . import packing
+from . import lax_ops, packing
 
 
 def n_spatial(k: Kernel) -> int:
@@ -46,14 +46,14 @@ SNAP_ULPS = 8
 
 @jax.custom_jvp
 def snapped(where, value, exact):
-  """``jnp.where(where, value, exact)`` with the derivatives of ``exact``.
+  """``where ? value : exact`` with the derivatives of ``exact``.
 
   ``value`` is ``exact`` up to round-off where ``where`` holds (the same
   numbers read off elsewhere, or an exact zero): the values are snapped, but
   derivatives of every order are those of the unsnapped formula ``exact``.
   Shapes: ``exact``'s; ``where`` and ``value`` broadcast against it.
   """
-  return jnp.where(where, value, exact)
+  return lax_ops.select(where, value, exact)
 
 
 @snapped.defjvp
@@ -64,7 +64,7 @@ def _snapped_jvp(primals, tangents):
 
 def sample_diagonal(mat):
   """``mat[i, i, ...]`` of an ``(N, N, ...)`` covariance -> ``(N, ...)``."""
-  return jnp.moveaxis(jnp.diagonal(mat, axis1=0, axis2=1), -1, 0)
+  return lax_ops.diagonal(mat, 0)
 
 
 def snap_unit_gaps(cov, s):
@@ -87,10 +87,8 @@ def spatial_diagonal(cov, batch_ndim: int, diagonal_spatial: bool):
     cov = sample_diagonal(cov)
   if diagonal_spatial:
     return cov
-  for _ in range((cov.ndim - 1) // 2):
-    # The diagonal of the first zipped pair goes to the back, so after all
-    # pairs the spatial axes are back in order.
-    cov = jnp.diagonal(cov, axis1=1, axis2=2)
+  for axis in range(1, 1 + (cov.ndim - 1) // 2):
+    cov = lax_ops.diagonal(cov, axis)
   return cov
 
 
@@ -138,7 +136,7 @@ def batch_diagonal(k: Kernel):
   if k.packed:
     n_blocks, b = packing.packed_geometry(k)
     diag_blocks = k.nngp[jnp.asarray(packing.diagonal_block_positions(n_blocks))]
-    d = jnp.moveaxis(jnp.diagonal(diag_blocks, axis1=1, axis2=2), -1, 1)
+    d = lax_ops.diagonal(diag_blocks, 1)
     return d.reshape((n_blocks * b,) + d.shape[2:])
   return sample_diagonal(k.nngp)
 
@@ -170,9 +168,19 @@ def map_pairwise(k: Kernel, fn: PairFn) -> Kernel:
   if ntk is not None:
     ntk = jnp.broadcast_to(ntk, k.nngp.shape)
   nngp, ntk = fn(k.nngp, v1, v2, ntk)
-  a, b = cov_variances(k, k.cov1)
-  cov1, _ = fn(k.cov1, a, b, None)
-  cov2 = k.cov2
+  cov1, cov2 = k.cov1, k.cov2
+  if (cov2 is not None and k.cov_batch_ndim == 1
+      and cov1.shape[1:] == cov2.shape[1:] and cov1.dtype == cov2.dtype):
+    # One evaluation of the rule on both samples' variances (a copy of
+    # O(N) entries): each application is a separate kernel for XLA to
+    # compile, and the rule is elementwise, so the values are the same.
+    both = jnp.concatenate([cov1, cov2], 0)
+    a, b = cov_variances(k, both)
+    both, _ = fn(both, a, b, None)
+    return k.replace(nngp=nngp, ntk=ntk, cov1=both[:cov1.shape[0]],
+                     cov2=both[cov1.shape[0]:])
+  a, b = cov_variances(k, cov1)
+  cov1, _ = fn(cov1, a, b, None)
   if cov2 is not None:
     a, b = cov_variances(k, cov2)
     cov2, _ = fn(cov2, a, b, None)

@@ -53,19 +53,6 @@ _CONTROL_KWARGS = ("diagonal_batch", "diagonal_spatial", "mask_constant",
                    "batch_axis", "channel_axis")
 
 
-@functools.lru_cache(maxsize=4096)
-def _output_shape_cached(init_fn, in_shape):
-  captured = {}
-
-  def f(key):
-    out, params = init_fn(key, in_shape)
-    captured["shape"] = out
-    return params
-
-  jax.eval_shape(f, jax.random.PRNGKey(0))
-  return captured["shape"]
-
-
 def _freeze_shape(s):
   if isinstance(s, (list, tuple)) and s and isinstance(s[0], (list, tuple)):
     return tuple(_freeze_shape(x) for x in s)
@@ -73,8 +60,21 @@ def _freeze_shape(s):
 
 
 def output_shape(init_fn, in_shape):
-  """The output shape ``init_fn`` reports for ``in_shape``, without compute."""
-  return _output_shape_cached(init_fn, _freeze_shape(in_shape))
+  """The output shape ``init_fn`` reports for ``in_shape``, without compute.
+
+  ``init_fn`` is traced abstractly on an abstract PRNG key (the shape and
+  dtype of ``jax.random.PRNGKey(0)`` under the current configuration): no
+  key is made, so nothing is staged into an enclosing trace.
+  """
+  captured = {}
+
+  def f(key):
+    out, params = init_fn(key, _freeze_shape(in_shape))
+    captured["shape"] = out
+    return params
+
+  jax.eval_shape(f, jax.eval_shape(jax.random.PRNGKey, 0))
+  return captured["shape"]
 
 
 def _has_masks(k) -> bool:
@@ -260,6 +260,7 @@ class KernelFn:
     self.__name__ = name
     self._init_fn = init_fn
     self._set_shapes = set_shapes and init_fn is not None
+    self._shapes: dict = {}  # input shape -> output shape (`_output_shape`)
     self._jitted = jax.jit(self._compute, static_argnums=(3,))
 
   def __repr__(self) -> str:
@@ -304,12 +305,22 @@ class KernelFn:
     else:
       s1 = [kk.shape1 for kk in k_in]
       s2 = [kk.shape2 for kk in k_in]
-    o1 = output_shape(self._init_fn, s1)
-    o2 = output_shape(self._init_fn, s2)
+    o1, o2 = self._output_shape(s1), self._output_shape(s2)
     if isinstance(k_out, Kernel):
       return k_out.replace(shape1=tuple(o1), shape2=tuple(o2))
     return [kk.replace(shape1=tuple(a), shape2=tuple(b))
             for kk, a, b in zip(k_out, o1, o2)]
+
+  def _output_shape(self, in_shape):
+    """`output_shape` of this layer's ``init_fn``, once per input shape
+    (a plain-Python memo of shapes on this instance: many traces of the
+    same network, and both inputs of a call, share it)."""
+    key = _freeze_shape(in_shape)
+    shape = self._shapes.get(key)
+    if shape is None:
+      shape = self._shapes[key] = _freeze_shape(
+          output_shape(self._init_fn, key))
+    return shape
 
   # -- public call -----------------------------------------------------------
   def __call__(self, x1_or_kernel, x2=None, get=None, **kwargs):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .. import validation
+from .. import lax_ops, validation
 from ..sharing import hyperparameters
 from .base import elementwise_layer, homogeneous_rescale, sine_and_angle
 
@@ -77,7 +77,8 @@ def _sign_rule(cov, var1, var2, ntk):
   # E[sign u sign v] = 1 - 2 theta / pi; the derivative (2 delta) contributes
   # nothing to the NTK away from measure-zero events, as in neural-tangents.
   _, theta = sine_and_angle(cov, var1, var2)
-  new = jnp.where((var1 == 0) | (var2 == 0), 0.0, 1 - 2 * theta / jnp.pi)
+  new = lax_ops.select((var1 == 0) | (var2 == 0), 0.0,
+                       1 - 2 * theta / jnp.pi)
   return new, (None if ntk is None else jnp.zeros_like(ntk))
 
 

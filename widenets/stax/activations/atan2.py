@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..lax_ops import select, signbit, unit_sign
+
 __all__ = ["atan2"]
 
 _TAN_PI_8 = 0.41421356237309503
@@ -65,12 +67,12 @@ def _atan2_float32(y: jax.Array, x: jax.Array) -> jax.Array:
   # and scaled up near its smallest normal, where num - den would be
   # subnormal and flushed to zero on CPU. max(.., tiny) turns 0 / 0 at
   # (0, 0) into 0 (arctan2 gives 0 there).
-  scale = jnp.where(den > np.float32(2.0**126), np.float32(0.5),
-                    jnp.where(den < np.float32(2.0**-100),
-                              np.float32(2.0**100), np.float32(1)))
+  scale = select(den > np.float32(2.0**126), np.float32(0.5),
+                 select(den < np.float32(2.0**-100), np.float32(2.0**100),
+                        np.float32(1)))
   num, den = num * scale, den * scale
-  u = jnp.where(mid, num - den, num) / jnp.maximum(
-      jnp.where(mid, num + den, den), np.finfo(np.float32).tiny)
+  u = select(mid, num - den, num) / jnp.maximum(
+      select(mid, num + den, den), np.finfo(np.float32).tiny)
   z = u * u
   p = _P[0] + z * (_P[1] + z * _P[2])
   q = _Q[0] + z * (_Q[1] + z * _Q[2])
@@ -79,14 +81,14 @@ def _atan2_float32(y: jax.Array, x: jax.Array) -> jax.Array:
   # arctan2's signed zeros: (-0, x > 0) -> -0, (-0, -x) -> -pi).
   # The constants are split into float32 head + tail (pi is not a float32):
   # the tails add back about one ulp of the result.
-  c = jnp.where(mid, _PI_4[0], np.float32(0))
-  c_lo = jnp.where(mid, _PI_4[1], np.float32(0))
-  swap, neg = a > b, jnp.signbit(x)
-  c, c_lo = (jnp.where(swap, _PI_2[0] - c, c),
-             jnp.where(swap, _PI_2[1] - c_lo, c_lo))
-  c, c_lo = (jnp.where(neg, _PI[0] - c, c), jnp.where(neg, _PI[1] - c_lo, c_lo))
-  sign_y = jnp.copysign(np.float32(1), y)
-  s = jnp.where(swap != neg, -sign_y, sign_y)
+  c = select(mid, _PI_4[0], np.float32(0))
+  c_lo = select(mid, _PI_4[1], np.float32(0))
+  swap, neg = a > b, signbit(x)
+  c, c_lo = (select(swap, _PI_2[0] - c, c),
+             select(swap, _PI_2[1] - c_lo, c_lo))
+  c, c_lo = (select(neg, _PI[0] - c, c), select(neg, _PI[1] - c_lo, c_lo))
+  sign_y = unit_sign(y)
+  s = select(swap != neg, -sign_y, sign_y)
   return (c * sign_y * q + (s * (u * p) + c_lo * sign_y * q)) / q
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ...kernel import Kernel
-from .. import covariance
+from .. import covariance, lax_ops
 from ..layer import make_layer
 from ..overflow import FlagRecorder, KernelOverflowError
 from ..requirements import Requirements
@@ -115,8 +115,8 @@ def correlation(cov, var1, var2):
   does too)."""
   s = safe_sqrt(var1 * var2)
   positive = s > 0
-  rho = jnp.where(positive, cov / jnp.where(positive, s, 1.0), 0.0)
-  return jnp.clip(rho, -1.0, 1.0), s
+  rho = lax_ops.select(positive, cov / lax_ops.select(positive, s, 1.0), 0.0)
+  return lax_ops.clip(rho, -1.0, 1.0), s
 
 
 # --- numerically safe primitives -------------------------------------------
@@ -132,15 +132,15 @@ def _safe_sqrt_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
   out = safe_sqrt(x)
   positive = x > 1e-30
-  return out, jnp.where(positive, dx / (2 * jnp.where(positive, out, 1.0)),
-                        0.0)
+  return out, lax_ops.select(
+      positive, dx / (2 * lax_ops.select(positive, out, 1.0)), 0.0)
 
 
 @jax.custom_jvp
 def safe_arctan2(y, x):
   """``arctan2(y, x)``, ``pi / 2`` at ``(0, 0)`` (the angle of two vectors of
   which one vanishes), with finite derivatives there."""
-  return jnp.where((y == 0) & (x == 0), jnp.pi / 2, atan2(y, x))
+  return lax_ops.select((y == 0) & (x == 0), jnp.pi / 2, atan2(y, x))
 
 
 @safe_arctan2.defjvp

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import lax_ops
 from .base import safe_sqrt, sine_and_angle
 
 
@@ -60,9 +61,9 @@ def bivariate_expectations(outer: Callable, inner: Callable, cov, var1,
   root, _ = sine_and_angle(cov, var1, var2)
   s = safe_sqrt(var1 * var2)
   positive = s > 0
-  safe_s = jnp.where(positive, s, 1.0)
-  rho = jnp.clip(jnp.where(positive, cov / safe_s, 0.0), -1.0, 1.0)
-  sigma = jnp.where(positive, jnp.minimum(root / safe_s, 1.0), 1.0)
+  safe_s = lax_ops.select(positive, s, 1.0)
+  rho = lax_ops.clip(lax_ops.select(positive, cov / safe_s, 0.0), -1.0, 1.0)
+  sigma = lax_ops.select(positive, jnp.minimum(root / safe_s, 1.0), 1.0)
   scale1 = safe_sqrt(2 * var1)  # keeps var1's (small) shape: f is cheap
   scale2 = safe_sqrt(2 * var2)
   slope, spread = scale2 * rho, scale2 * sigma
