@@ -17,6 +17,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 py=${1:?usage: run.sh PYTHON [pytest args]}; shift
+# The tests run from a temporary folder: make a relative interpreter path
+# absolute (without resolving the venv's symlink, which locates the venv).
+case $py in
+  */*) py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py") ;;
+esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$here/tests" "$here/conftest.py" "$here/expected_failures.txt" "$work/"

@@ -1,5 +1,6 @@
 """vmap_axes for networks of several inputs and outputs: a sequence of axes
-fits a list or a tuple alike (stax.parallel returns a list)."""
+fits a list or a tuple alike (stax.parallel returns its inputs' container
+type: a list here, with tuple axes)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,9 +21,9 @@ def _net(*shapes, width=4):
 @pytest.mark.parametrize("impl", [1, pytest.param(2, marks=pytest.mark.slow),
                                   pytest.param(3, marks=pytest.mark.slow)])
 def test_tuple_axes_for_list_outputs(impl):
-  x1 = (jnp.asarray(RNG.randn(3, 5), jnp.float32),
-        jnp.asarray(RNG.randn(3, 6), jnp.float32))
-  x2 = tuple(a[:2] * 2 for a in x1)
+  x1 = [jnp.asarray(RNG.randn(3, 5), jnp.float32),
+        jnp.asarray(RNG.randn(3, 6), jnp.float32)]
+  x2 = [a[:2] * 2 for a in x1]
   init, apply, _ = _net(5, 6)
   _, params = init(jax.random.PRNGKey(0), ((-1, 5), (-1, 6)))
   assert isinstance(apply(params, x1), list)

@@ -148,9 +148,14 @@ def probe_mirror(job, specs, x1p, pair1, keys, grid) -> list:
     return [blocks.BATCH] * len(specs)
   take = lambda t: jax.tree_util.tree_map(lambda a: a[:m], t)
   dyn_args, dyn_kwargs = job.dynamic()
-  out = job.fn(True)(take(x1p), None, dyn_args, dyn_kwargs, take(pair1),
-                     take(pair1), keys)
-  vals = {p: np.asarray(v) for p, v, _ in blocks.flatten_output(out)[1]}
+  try:
+    out = job.fn(True)(take(x1p), None, dyn_args, dyn_kwargs, take(pair1),
+                       take(pair1), keys)
+    vals = {p: np.asarray(v) for p, v, _ in blocks.flatten_output(out)[1]}
+  except jax.errors.JaxRuntimeError:
+    # kernel_fn reported an error from inside the compiled probe (e.g. an
+    # overflow): no rule; the blocks fail their own check and explain it.
+    return [None] * len(specs)
   rules = []
   for s in specs:
     v = vals[s.path].astype(np.float64)

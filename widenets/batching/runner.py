@@ -345,7 +345,8 @@ class BatchedKernelFn:
     inputs = layout.inputs(i, j)
     fn = job.fn(layout.symmetric and i == j, checked=True)
     dyn_args, dyn_kwargs = job.dynamic()
-    out, ok = fn(inputs[0], inputs[1], dyn_args, dyn_kwargs, *inputs[2:])
+    out, ok = self._surfacing(job, layout, i, j, lambda: jax.block_until_ready(
+        fn(inputs[0], inputs[1], dyn_args, dyn_kwargs, *inputs[2:])))
     if not bool(ok):
       self._explain(job, layout, i, j)
     vals = {p: v for p, v, _ in blocks.flatten_output(out)[1]}
@@ -372,7 +373,8 @@ class BatchedKernelFn:
     def retire():
       i, j, (out, ok) = pending.popleft()
       if lag:
-        out, ok = jax.block_until_ready((out, ok))
+        out, ok = self._surfacing(job, layout, i, j,
+                                  lambda: jax.block_until_ready((out, ok)))
         if not bool(ok):  # before anything is written or kept
           self._explain(job, layout, i, j)
       else:
@@ -400,7 +402,9 @@ class BatchedKernelFn:
         stats.per_device[dev.id] = stats.per_device.get(dev.id, 0) + 1
         xb1, xb2, p1, p2, keys = devices.put(layout.inputs(i, j), dev)
         fn = job.fn(symmetric and i == j, checked=True)
-        pending.append((i, j, fn(xb1, xb2, *dyn[dev], p1, p2, keys)))
+        pending.append((i, j, self._surfacing(
+            job, layout, i, j,
+            lambda: fn(xb1, xb2, *dyn[dev], p1, p2, keys))))
         while len(pending) > lag:
           retire()
       while pending:
@@ -410,12 +414,24 @@ class BatchedKernelFn:
       if claim is not None:
         claim.release_all()
     for i, j, ok in unchecked:
-      if not bool(ok):
+      if not self._surfacing(job, layout, i, j, lambda: bool(ok)):
         self._explain(job, layout, i, j)
 
-  def _explain(self, job, layout, i, j):
+  def _surfacing(self, job, layout, i, j, thunk):
+    """``thunk()``; an error raised while the compiled block ran (under the
+    block's ``jax.jit``, ``kernel_fn`` reports an overflow from inside the
+    computation) is explained like a non-finite block: ``kernel_fn`` reruns
+    on the concrete block and raises its own error, naming the rows."""
+    try:
+      return thunk()
+    except jax.errors.JaxRuntimeError as e:
+      self._explain(job, layout, i, j, original=e)
+
+  def _explain(self, job, layout, i, j, original=None):
     """Raises for a block with NaN or infinite values: ``kernel_fn``'s own
-    error (run on the concrete block, naming the layer) or ours."""
+    error (run on the concrete block, naming the layer) or ours; with
+    ``original`` (a runtime error of the compiled block), that error when
+    the concrete rerun raises nothing."""
     where = layout.where(i, j)
     dyn_args, dyn_kwargs = job.dynamic()
     try:
@@ -428,6 +444,8 @@ class BatchedKernelFn:
       except Exception:  # noqa: BLE001 - an exception with another signature
         err = KernelOverflowError(f"batch: {where}: {e}")
       raise err from e
+    if original is not None:
+      raise original
     raise KernelOverflowError(
         f"batch: kernel_fn returned NaN or infinite values for {where} (its "
         f"inputs are finite). Check the kernel function, or enable float64 "
