@@ -37,8 +37,8 @@ from .randomized_nystrom import (apply_nystrom, gaussian_sketch,
                                  nystrom_factors)
 from .triangle_store import TriangleStore
 
-__all__ = ["BlockCG", "CGModel", "nystrom_preconditioner", "regularizer",
-           "stored_preconditioner"]
+__all__ = ["BlockCG", "CGModel", "check_preconditioner",
+           "host_preconditioner", "nystrom_preconditioner", "regularizer"]
 
 
 def regularizer(diag: np.ndarray, diag_reg: float, absolute: bool) -> float:
@@ -52,10 +52,6 @@ def nystrom_preconditioner(matvec: Callable, n: int, mu: float, rank: int,
   """``(U, scale)`` of the randomized Nystrom preconditioner of ``K + mu I``
   (`widenets.predict.randomized_nystrom`) from one product ``matvec``."""
   return nystrom_factors(matvec, gaussian_sketch(n, rank, seed, dtype), mu)
-
-
-def _apply_nystrom(params):
-  return lambda r: apply_nystrom(params, r)
 
 
 class CGModel:
@@ -192,10 +188,7 @@ class BlockCG:
           kinds: tuple, diag_reg: float, absolute: bool,
           kwargs: dict) -> dict:
     """Computes and solves; returns ``{kind: CGModel}``."""
-    if self.preconditioner not in ("nystrom", "jacobi", None, "none"):
-      raise ValueError(f"BlockCG: unknown preconditioner "
-                       f"{self.preconditioner!r}; expected 'nystrom', "
-                       f"'jacobi' or None.")
+    check_preconditioner(self.preconditioner, "BlockCG")
     t0 = time.perf_counter()
     kernel = BlockKernel(kernel_fn, kinds, self.block_size, None, kwargs)
     store = TriangleStore(kernel, x_train, self.store)
@@ -215,13 +208,16 @@ class BlockCG:
   def _solve(self, store, kernel, g, x_train, y, diag_reg, absolute, dtype,
              tol, info) -> CGModel:
     n = store.n
-    mu = regularizer(store.diagonal(g), diag_reg, absolute)
+    diagonal = store.diagonal(g)
+    mu = regularizer(diagonal, diag_reg, absolute)
 
     def matvec(v):
       return store.matvec(g, v).astype(dtype, copy=False) + mu * v
 
     t0 = time.perf_counter()
-    precond = self._precond(store, g, mu, dtype)
+    precond = host_preconditioner(
+        lambda v: store.matvec(g, v), diagonal, mu, self.preconditioner,
+        self.rank, self.seed, dtype, store=store, g=g)
     info["precond_seconds"] += time.perf_counter() - t0
     key_model = (g, mu, self.preconditioner, self.rank, self.seed, dtype.str)
     key = hashlib.sha256(np.ascontiguousarray(y).tobytes() + repr(
@@ -243,29 +239,41 @@ class BlockCG:
                    checkpoint_every=self.checkpoint_every,
                    callback=self.iteration_callback)
 
-  def _precond(self, store, g, mu, dtype):
-    return stored_preconditioner(store, lambda v: store.matvec(g, v), g, mu,
-                                 self.preconditioner, self.rank, self.seed,
-                                 dtype)
+
+PRECONDITIONERS = ("nystrom", "jacobi", None, "none")
 
 
-def stored_preconditioner(store, products: Callable, g: str, mu: float,
-                          name: Optional[str], rank: int, seed: int, dtype
-                          ) -> Optional[Callable]:
-  """``R -> P^{-1} R`` of ``K + mu I`` (``products(V) = K V``; ``name``
-  'nystrom', 'jacobi' or None); the Nystrom factors are saved in ``store``
-  (a `TriangleStore`) and reused by any later solve on it."""
+def check_preconditioner(name, solver: str) -> None:
+  """Raises a ValueError naming ``solver`` unless ``name`` is one of
+  `PRECONDITIONERS`."""
+  if name not in PRECONDITIONERS:
+    raise ValueError(f"{solver}: unknown preconditioner {name!r}; expected "
+                     f"'nystrom', 'jacobi' or None.")
+
+
+def host_preconditioner(products: Callable, diagonal: np.ndarray, mu: float,
+                        name: Optional[str], rank: int, seed: int, dtype,
+                        store=None, g: str = "") -> Optional[Callable]:
+  """``R -> P^{-1} R`` of ``K + mu I`` on the host, or None.
+
+  ``products(V) = K V`` for ``V (n, c)``; ``diagonal (n,)`` is ``K``'s
+  diagonal; ``name`` 'nystrom', 'jacobi' or None. With a ``store`` (a
+  `TriangleStore`), the Nystrom factors of output ``g`` are saved there and
+  reused by any later solve on it with the same ``mu``, rank and seed.
+  """
   if name in (None, "none"):
     return None
   if name == "jacobi":
-    inv = (1. / (store.diagonal(g) + mu)).astype(dtype)
+    inv = (1. / (diagonal + mu)).astype(dtype)
     return lambda r: inv[:, None] * r
   key = repr((g, mu, rank, seed, dtype.str))
-  saved = store.load_state(f"precond_{g}", key)
+  saved = None if store is None else store.load_state(f"precond_{g}", key)
   if saved is None:
-    params = nystrom_preconditioner(products, store.n, mu, rank, seed, dtype)
-    store.save_state(f"precond_{g}", key, {"u": params[0],
-                                           "scale": params[1]})
+    params = nystrom_preconditioner(products, diagonal.shape[0], mu, rank,
+                                    seed, dtype)
+    if store is not None:
+      store.save_state(f"precond_{g}", key, {"u": params[0],
+                                             "scale": params[1]})
   else:
     params = (saved["u"], saved["scale"])
-  return _apply_nystrom(params)
+  return lambda r: apply_nystrom(params, r)

@@ -35,11 +35,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..predict.block_cg import (CGModel, nystrom_preconditioner, regularizer,
-                                stored_preconditioner)
+from ..predict.block_cg import (CGModel, check_preconditioner,
+                                host_preconditioner, regularizer)
 from ..predict.block_kernel import BlockKernel
 from ..predict.pcg import pcg
-from ..predict.randomized_nystrom import apply_nystrom
 from ..predict.triangle_store import TriangleStore
 from . import store_panels
 from .dask_array import kernel_array
@@ -120,10 +119,7 @@ class DaskCG:
           kwargs: dict) -> dict:
     """Kernels on the cluster, CG from the client: ``{kind: model}``."""
     import dask.array as da
-    if self.preconditioner not in ("nystrom", "jacobi", None, "none"):
-      raise ValueError(f"DaskCG: unknown preconditioner "
-                       f"{self.preconditioner!r}; expected 'nystrom', "
-                       f"'jacobi' or None.")
+    check_preconditioner(self.preconditioner, "DaskCG")
     n = x_train.shape[0]
     dtype = np.dtype(self.dtype or np.result_type(y2.dtype, np.float32))
     tol = self.tol if self.tol is not None else (
@@ -149,15 +145,9 @@ class DaskCG:
       def matvec(v, products=products, mu=mu):
         return products(v) + mu * v
 
-      precond = None
       t0 = time.perf_counter()
-      if self.preconditioner == "jacobi":
-        inv = (1. / (diag + mu)).astype(dtype)
-        precond = lambda r, inv=inv: inv[:, None] * r
-      elif self.preconditioner == "nystrom":
-        u, scale = nystrom_preconditioner(products, n, mu, self.rank,
-                                          self.seed, dtype)
-        precond = lambda r, p=(u, scale): apply_nystrom(p, r)
+      precond = host_preconditioner(products, diag, mu, self.preconditioner,
+                                    self.rank, self.seed, dtype)
       info["precond_seconds"] += time.perf_counter() - t0
       maxiter = self.maxiter or n
       alpha, cg_info = pcg(matvec, precond, y2.astype(dtype), tol, maxiter,
@@ -214,16 +204,17 @@ class DaskCG:
     info["kernel_seconds"] += time.perf_counter() - t0
     models = {}
     for g in kinds:
-      mu = regularizer(store.diagonal(g), diag_reg, absolute)
+      diagonal = store.diagonal(g)
+      mu = regularizer(diagonal, diag_reg, absolute)
       products = self._owned_products(store, g, owned)
 
       def matvec(v, products=products, mu=mu):
         return products(v).astype(dtype, copy=False) + mu * v
 
       t0 = time.perf_counter()
-      precond = stored_preconditioner(store, products, g, mu,
-                                      self.preconditioner, self.rank,
-                                      self.seed, dtype)
+      precond = host_preconditioner(products, diagonal, mu,
+                                    self.preconditioner, self.rank,
+                                    self.seed, dtype, store=store, g=g)
       info["precond_seconds"] += time.perf_counter() - t0
       maxiter = self.maxiter or store.n
       alpha, cg_info = pcg(matvec, precond, y2.astype(dtype), tol, maxiter,
