@@ -98,6 +98,16 @@ def _factor(k: jax.Array, diag_reg, absolute: bool, dtype, where: str):
   return solvers.regularized_cholesky(a, reg.astype(dtype)), dtype
 
 
+def _factored(where: str, k_train_train, y_train, diag_reg, absolute, dtype,
+              x_train, get: str, kernel_fn_kwargs) -> tuple:
+  """``(chol (n, n), y (n, c), compute dtype, kernel dtype)``: the checked
+  training kernel's regularized Cholesky factor and the checked targets."""
+  k = _train_kernel(k_train_train, x_train, get, kernel_fn_kwargs, where)
+  y = _targets(y_train, k.shape[0], where)
+  chol, compute_dtype = _factor(k, diag_reg, bool(absolute), dtype, where)
+  return chol, y, compute_dtype, k.dtype
+
+
 def log_marginal_likelihood(k_train_train: KernelLike, y_train,
                             diag_reg: float = 0.,
                             diag_reg_absolute_scale: bool = False, *,
@@ -126,13 +136,10 @@ def log_marginal_likelihood(k_train_train: KernelLike, y_train,
     A scalar (or ``(c,)`` with ``per_output``). Differentiable in the kernel
     and ``diag_reg``.
   """
-  where = "log_marginal_likelihood"
-  k = _train_kernel(k_train_train, x_train, get, kernel_fn_kwargs, where)
-  n = k.shape[0]
-  y = _targets(y_train, n, where)
-  out_dtype = k.dtype
-  chol, dtype = _factor(k, diag_reg, bool(diag_reg_absolute_scale), dtype,
-                        where)
+  chol, y, dtype, out_dtype = _factored(
+      "log_marginal_likelihood", k_train_train, y_train, diag_reg,
+      diag_reg_absolute_scale, dtype, x_train, get, kernel_fn_kwargs)
+  n = chol.shape[0]
   with solvers.precision(dtype):
     y = y.astype(dtype)
     z = jax.scipy.linalg.solve_triangular(chol, y, lower=True)
@@ -156,13 +163,10 @@ def leave_one_out_log_likelihood(k_train_train: KernelLike, y_train,
   return value as `log_marginal_likelihood`; costs one ``(n, n)`` inverse
   from the Cholesky factor.
   """
-  where = "leave_one_out_log_likelihood"
-  k = _train_kernel(k_train_train, x_train, get, kernel_fn_kwargs, where)
-  n = k.shape[0]
-  y = _targets(y_train, n, where)
-  out_dtype = k.dtype
-  chol, dtype = _factor(k, diag_reg, bool(diag_reg_absolute_scale), dtype,
-                        where)
+  chol, y, dtype, out_dtype = _factored(
+      "leave_one_out_log_likelihood", k_train_train, y_train, diag_reg,
+      diag_reg_absolute_scale, dtype, x_train, get, kernel_fn_kwargs)
+  n = chol.shape[0]
   with solvers.precision(dtype):
     y = y.astype(dtype)
     inv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(n, dtype=dtype))
