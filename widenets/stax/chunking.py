@@ -37,7 +37,7 @@ MIN_ROWS = 64
 # Up to this many blocks' bytes the whole problem runs unblocked: on a 2-core
 # x86 VM (2 MiB L2 per core) a 3-layer Erf network ran as fast in one piece
 # as in blocks up to N1 = N2 ~ 1100 (4.8 MB per intermediate) and 30% slower
-# from 1200 on; the loop costs ~0.4 CPU s of XLA compile on every first call
+# from 1200 on; the loop costs 0.15-0.4 CPU s of XLA compile on a first call
 # (benchmarks/ISSUE15.md, section 7). Depends on shapes and dtypes only, so
 # a call under an outer jax.jit takes the same branch.
 WHOLE_BLOCKS = 4
