@@ -8,10 +8,12 @@ Three workloads, each built the same way for widenets and neural-tangents
   inputs, ``x2=None``, nngp + ntk;
 * ``erf3_x1_x2``: 3 x (Dense(512, 1.5, 0.05) + Erf) + Dense(1), 1000 x 784
   against 1000 x 784, nngp + ntk;
+* ``erf3_x2_none``: the same network on 1000 x 784, ``x2=None``;
 * ``cnn3_x1_x2``: 3 x (Conv(256, 3x3, SAME, 1.4, 0.1) + Relu) + GlobalAvgPool
   + Dense(1), 32 against 32 8x8x3 images, nngp + ntk.
 
-As `WORKLOADS` they run through ``benchmarks/run.py``. Run as a script,
+``FIRSTCALL_N`` (environment) changes the erf3 workloads' 1000 samples
+(e.g. 2000 for the steady-state checks). As `WORKLOADS` they run through ``benchmarks/run.py``. Run as a script,
 each (workload, library, call) runs in a fresh process (first calls need
 one) that reports the first call's wall and CPU seconds, the seconds JAX
 spent tracing, lowering and in XLA's compiler (summed over every compile of
@@ -65,13 +67,25 @@ def _relu20(lib):
   return stax.serial(*layers, stax.Dense(1))[2], (_x(2000, 784, 0), None)
 
 
-def _erf3(lib):
+def _erf3_net(lib):
   stax = lib.stax
   layers = []
   for _ in range(3):
     layers += [stax.Dense(512, W_std=1.5, b_std=0.05), stax.Erf()]
-  net = stax.serial(*layers, stax.Dense(1, W_std=1.5, b_std=0.05))[2]
-  return net, (_x(1000, 784, 0), _x(1000, 784, 1))
+  return stax.serial(*layers, stax.Dense(1, W_std=1.5, b_std=0.05))[2]
+
+
+def _erf3_n() -> int:
+  return int(os.environ.get("FIRSTCALL_N", 1000))
+
+
+def _erf3(lib):
+  n = _erf3_n()
+  return _erf3_net(lib), (_x(n, 784, 0), _x(n, 784, 1))
+
+
+def _erf3_none(lib):
+  return _erf3_net(lib), (_x(_erf3_n(), 784, 0), None)
 
 
 def _cnn3(lib):
@@ -85,7 +99,8 @@ def _cnn3(lib):
   return net, (_images(32, 0), _images(32, 1))
 
 
-NETS = {"relu20_none": _relu20, "erf3_x1_x2": _erf3, "cnn3_x1_x2": _cnn3}
+NETS = {"relu20_none": _relu20, "erf3_x1_x2": _erf3,
+        "erf3_x2_none": _erf3_none, "cnn3_x1_x2": _cnn3}
 
 
 def _workload(net):
@@ -181,6 +196,8 @@ def worker(workload: str, lib_name: str, call: str, repeat: int) -> dict:
     cpus.append(time.process_time() - c0)
   res["run_s"] = statistics.median(times) if times else None
   res["run_cpu_s"] = statistics.median(cpus) if cpus else None
+  res["run_min_s"] = min(times) if times else None
+  res["run_min_cpu_s"] = min(cpus) if cpus else None
   try:
     net, (x1, x2) = NETS[workload](lib)
     jaxpr = jax.make_jaxpr(
@@ -196,6 +213,10 @@ def worker(workload: str, lib_name: str, call: str, repeat: int) -> dict:
 
 def _fmt(x):
   return "-" if x is None else f"{x:.2f}"
+
+
+def _fmt3(x):
+  return "-" if x is None else f"{x:.3f}"
 
 
 def main() -> None:
@@ -222,7 +243,7 @@ def main() -> None:
   if args.peer:
     libs.append((args.peer, "neural_tangents", root, "neural_tangents"))
   print("| workload | call | lib | first wall / CPU s | trace | lower | "
-        "XLA compile | steady wall / CPU s | eqns (nested jit) | load |")
+        "XLA compile | steady wall / CPU s: median (min) | eqns (nested jit) | load |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for workload in NETS:
     if args.only and not any(o in workload for o in args.only):
@@ -257,7 +278,8 @@ def main() -> None:
         print(f"| {workload} | {call} | {label} | {_fmt(r['first_s'])} / "
               f"{_fmt(r['first_cpu_s'])} | {_fmt(r['trace_s'])} | "
               f"{_fmt(r['lower_s'])} | {_fmt(r['compile_s'])} | "
-              f"{_fmt(r['run_s'])} / {_fmt(r['run_cpu_s'])} | "
+              f"{_fmt3(r['run_s'])} / {_fmt3(r['run_cpu_s'])} (min "
+              f"{_fmt3(r['run_min_s'])} / {_fmt3(r['run_min_cpu_s'])}) | "
               f"{r.get('eqns', '-')} ({r.get('jit_calls', '-')}) | "
               f"{r['load']} |", flush=True)
 

@@ -158,6 +158,41 @@ def test_choose_rows():
     assert n_blocks * r - n1 < n_blocks  # overlap of the last block
 
 
+def test_small_problems_run_unblocked():
+  whole = chunking.WHOLE_BLOCKS * chunking.BLOCK_BYTES
+  # 1000 x 1000 float32 (4 MB <= 4 MiB): one piece; in float64, or with
+  # one row of 4 KiB more than 4 MiB: blocks.
+  assert chunking.choose_rows(1000, 1000, 4) is None
+  assert chunking.choose_rows(1000, 1000, 8) == 143
+  assert chunking.choose_rows(whole // 4096, 1024, 4) is None
+  assert chunking.choose_rows(whole // 4096 + 1, 1024, 4) == 257
+
+
+def test_blocked_and_unblocked_agree_at_the_threshold(monkeypatch):
+  kernel_fn = NETS["erf_relu"][0]()[2]
+  x = np.random.RandomState(7).randn(17, 5).astype(np.float32)
+  x2 = np.random.RandomState(8).randn(8, 5).astype(np.float32)
+  # Blocks of 4 rows of 8 float32 entries; up to 4 blocks (16 rows) whole.
+  monkeypatch.setattr(chunking, "BLOCK_BYTES", 4 * 8 * 4)
+  monkeypatch.setattr(chunking, "MIN_ROWS", 4)
+  assert chunking.choose_rows(16, 8, 4) is None
+  assert chunking.choose_rows(17, 8, 4) == 5
+  seen = []
+  real = chunking.map_rows
+  monkeypatch.setattr(chunking, "map_rows",
+                      lambda *a: seen.append(a[2]) or real(*a))
+  at, above = (kernel_fn(x[:n], x2, ALL) for n in (16, 17))
+  assert seen == [5]
+  monkeypatch.setattr(chunking, "WHOLE_BLOCKS", 0)  # blocks below it too
+  at_blocked = kernel_fn(x[:16], x2, ALL)
+  monkeypatch.setattr(chunking, "MIN_ROWS", 10**9)  # no blocks at all
+  above_whole = kernel_fn(x, x2, ALL)
+  assert seen == [5, 4]
+  for got, want in ((at_blocked, at), (above, above_whole)):
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
 def test_chunked_under_outer_jit_and_grad(rows):
   kernel_fn = NETS["erf_relu"][0]()[2]
   x1 = np.random.RandomState(4).randn(12, 5).astype(np.float32)

@@ -7,7 +7,10 @@ each block into the ``(N1, N2) + S`` outputs in place, so every intermediate
 is ``(c, N2) + S`` instead of ``(N1, N2) + S``: XLA's temporaries shrink by
 about ``N1 / c`` and the blocks stay in cache. ``x2``'s own covariances are
 recomputed per block, which costs a fraction ``1 / c`` of the pair work;
-blocks are kept at >= `MIN_ROWS` rows.
+blocks are kept at >= `MIN_ROWS` rows. A small problem (one ``(N1, N2) + S``
+intermediate of at most `WHOLE_BLOCKS` blocks' bytes) runs in one piece:
+there blocks gain nothing at run time, and the loop roughly doubles XLA's
+compile time of the call.
 
 Inside a block the batch diagonal ``i == j`` sits at ``j == i + offset``: the
 block's kernel carries the offset (`Kernel.row_offset`), and the few rules
@@ -31,6 +34,13 @@ __all__ = ["choose_rows", "map_rows"]
 # benchmarks/RESULTS.md).
 BLOCK_BYTES = 2 ** 20
 MIN_ROWS = 64
+# Up to this many blocks' bytes the whole problem runs unblocked: on a 2-core
+# x86 VM (2 MiB L2 per core) a 3-layer Erf network ran as fast in one piece
+# as in blocks up to N1 = N2 ~ 1100 (4.8 MB per intermediate) and 30% slower
+# from 1200 on; the loop costs 0.15-0.4 CPU s of XLA compile on a first call
+# (benchmarks/ISSUE15.md, section 7). Depends on shapes and dtypes only, so
+# a call under an outer jax.jit takes the same branch.
+WHOLE_BLOCKS = 4
 
 # Kernel fields with one entry per sample of x1 (cut into row blocks).
 _ROW_FIELDS = ("nngp", "ntk", "cov1", "mask1")
@@ -40,12 +50,17 @@ def choose_rows(n1: int, pair_elems: int, itemsize: int) -> Optional[int]:
   """Rows per block for ``n1`` samples of x1, or None to run in one piece.
 
   ``pair_elems``: entries of one row of ``nngp`` (``N2`` times the spatial
-  entries of one pair). Blocks have at least the rows that fit
+  entries of one pair). None when the whole ``nngp`` takes at most
+  ``WHOLE_BLOCKS * BLOCK_BYTES`` or there would be fewer than two blocks.
+  Blocks have at least the rows that fit
   `BLOCK_BYTES` (and `MIN_ROWS`) and are as even as possible; the last one
   overlaps the previous by fewer rows than there are blocks (recomputed,
   equal).
   """
-  rows = max(MIN_ROWS, BLOCK_BYTES // max(1, pair_elems * itemsize))
+  row_bytes = max(1, pair_elems * itemsize)
+  if n1 * row_bytes <= WHOLE_BLOCKS * BLOCK_BYTES:
+    return None
+  rows = max(MIN_ROWS, BLOCK_BYTES // row_bytes)
   if n1 < 2 * rows:
     return None
   return math.ceil(n1 / (n1 // rows))
