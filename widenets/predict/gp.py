@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from . import large, solvers
-from ._common import Gaussian
+from ._common import Gaussian, small_jit
 from . import validation
 from ._common import (Axes, Layout, as_array, canonical_predict_get,
                       check_diag_reg, is_concrete,
@@ -174,6 +174,8 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
   kind = "ntk" if g == "ntkgp" else g
   k_td_init = (k_td if g != "ntk" else
                to_2d(get_kernel(k_test_train, init, "k_test_train")))
+  # alpha first: on a first call it factors and solves in one program.
+  alpha_kind = alpha(kind)
   factor = factors.factor(kind)
   if isinstance(factor, solvers.Factor):
     # One compiled program per posterior (mean and covariance): fewer passes
@@ -183,7 +185,7 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
       cast = lambda x: jnp.asarray(x, factor.dtype)
       # The mean as in the mean-only path (k_td @ cached alpha), so both
       # give the same numbers.
-      a = cast(alpha(kind))
+      a = cast(alpha_kind)
       if g in ("nngp", "ntkgp"):
         mean, cov = _gp_posterior(factor.chol, a, cast(k_td), cast(k_tt))
       else:
@@ -191,7 +193,7 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
                                    cast(factors.matrix("nngp")), cast(k_td),
                                    cast(k_td_init), cast(k_tt))
       return mean.astype(factor.out_dtype), cov.astype(factor.out_dtype)
-  mean = k_td @ alpha(kind)
+  mean = k_td @ alpha_kind
   if g in ("nngp", "ntkgp"):
     # The prior kernel is the one being inverted: K** - K* K^{-1} K*^T.
     explained = k_td @ factors.solve(kind, k_td.T)
@@ -212,7 +214,7 @@ def _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt):
   return k_tt + ((spread + spread.T) / 2 - (term_2 + term_2.T))
 
 
-@jax.jit
+@small_jit
 def _gp_posterior(chol, alpha, k_td, k_tt):
   """``K* alpha`` and ``K** - K* K^{-1} K*^T``, the latter as ``K** - V^T V``
   with ``V = L^{-1} K*^T``: one triangular solve with the test columns
@@ -221,7 +223,7 @@ def _gp_posterior(chol, alpha, k_td, k_tt):
   return k_td @ alpha, k_tt - v.T @ v
 
 
-@jax.jit
+@small_jit
 def _ntk_posterior(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
   term_1 = jax.scipy.linalg.cho_solve((chol, True), k_td.T)
   return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)

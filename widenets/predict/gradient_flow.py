@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from . import large, solvers, validation
-from ._common import (ArrayOrScalar, Axes, Layout, as_array,
+from ._common import (ArrayOrScalar, Axes, Layout, as_array, small_jit,
                       canonical_predict_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
                       eval_context, first_kernel, from_2d, is_array,
@@ -397,7 +397,7 @@ class _Pair:
     self.nngp, self.ntk = nngp, ntk
 
 
-@functools.partial(jax.jit, static_argnames=("g", "compute_cov"))
+@functools.partial(small_jit, static_argnames=("g", "compute_cov"))
 def _ensemble_moments(g, v, lam, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
   """Flat mean ``(T, m, c)`` and covariance ``(T, m, m)`` (or None).
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import is_concrete, precision, to_2d
+from ._common import is_concrete, precision, small_jit, to_2d
 from .cg import CG
 
 __all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
@@ -57,7 +57,7 @@ def regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
                              symmetrize_input=False)
 
 
-_cholesky = jax.jit(regularized_cholesky)
+_cholesky = small_jit(regularized_cholesky)
 
 
 def _factor_parts(a: jax.Array, diag_reg, absolute: bool):
@@ -69,10 +69,10 @@ def _factor_parts(a: jax.Array, diag_reg, absolute: bool):
   return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
 
 
-_factor = jax.jit(_factor_parts, static_argnums=(2,))
+_factor = small_jit(_factor_parts, static_argnums=(2,))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 5))
+@functools.partial(small_jit, static_argnums=(2, 5))
 def _factor_solve(a, diag_reg, absolute: bool, b, apply, out_dtype):
   """`_factor_parts`, then ``x = (K + rI)^{-1} b`` (in ``out_dtype``) and
   ``apply @ x`` (None if ``apply`` is None): a first prediction compiles one
@@ -83,7 +83,7 @@ def _factor_solve(a, diag_reg, absolute: bool, b, apply, out_dtype):
   return parts + (x, None if apply is None else apply @ x)
 
 
-@jax.jit
+@small_jit
 def _cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
   # Compiled once per shape: run eagerly, cho_solve's two triangular solves
   # and their transposes would be dispatched op by op.
@@ -267,7 +267,7 @@ class Factor:
           self.out_dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(small_jit, static_argnums=(2,))
 def _eigh(a: jax.Array, diag_reg, absolute: bool):
   """``(all finite, eigenvalues, eigenvectors of K + r I)``: one program."""
   reg = regularizer(a, diag_reg, absolute)
