@@ -16,8 +16,9 @@ modules is plain linear algebra on ``(n, n)`` and ``(n, c)`` matrices.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from typing import Any, NamedTuple, Sequence, Union
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,69 @@ def first_kernel(k):
                    f"{type(k).__name__}.")
 
 
+def as_array(x) -> jax.Array:
+  """``jnp.asarray(x)``, but a NumPy array is put on the device directly.
+
+  ``jnp.asarray`` of a NumPy array compiles a small program per shape; a
+  learning curve passes a new training-set shape on every call.
+  ``jax.device_put`` gives the same array (dtype canonicalized the same way)
+  without one.
+  """
+  if isinstance(x, (np.ndarray, np.generic)) and x.dtype != object:
+    return jax.device_put(x)
+  return jnp.asarray(x)
+
+
+def host_value(x, max_size: int = 1 << 20):
+  """``x`` as a NumPy array when that is cheap, else None.
+
+  Cheap: a NumPy array, or a concrete JAX array of at most ``max_size``
+  entries (a transfer of a few MiB at most). Eager checks of such values
+  then run in NumPy instead of compiling a device program per shape; large
+  kernels stay on the device, where one fused reduction is cheaper than a
+  copy.
+  """
+  if isinstance(x, (np.ndarray, np.generic)):
+    return np.asarray(x)
+  if isinstance(x, jax.Array) and is_concrete(x) and x.size <= max_size:
+    return np.asarray(x)
+  return None
+
+
+# Programs whose largest operand has at most this many entries compile with
+# XLA's backend (LLVM) optimizations off: for predict's small factor / solve
+# / product programs that halves the compile time, which dominates their run
+# time (LAPACK and dot calls do not depend on it; the numbers are the same).
+QUICK_COMPILE_SIZE = 1 << 22
+_QUICK = {"xla_backend_optimization_level": 0}
+
+
+def small_jit(fun: Callable, **jit_kwargs) -> Callable:
+  """``jax.jit(fun, **jit_kwargs)``, compiled quickly for small operands.
+
+  Two jitted versions of ``fun``: calls whose largest array argument has at
+  most `QUICK_COMPILE_SIZE` entries (all concrete) use the one compiled
+  with ``xla_backend_optimization_level=0`` (a per-program compiler option,
+  not a global setting). Under an outer trace the plain one is inlined into
+  the caller's program.
+  """
+  full = jax.jit(fun, **jit_kwargs)
+  quick = jax.jit(fun, compiler_options=_QUICK, **jit_kwargs)
+
+  @functools.wraps(fun)
+  def call(*args, **kwargs):
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves((args, kwargs))
+              if isinstance(leaf, (jax.Array, np.ndarray, np.generic))]
+    # JAX takes compiler options on top-level programs only: a traced
+    # argument means this call is part of an outer trace.
+    small = all(is_concrete(leaf) for leaf in leaves) and max(
+        (np.size(leaf) for leaf in leaves), default=0) <= QUICK_COMPILE_SIZE
+    return (quick if small else full)(*args, **kwargs)
+
+  call.full, call.quick = full, quick
+  return call
+
+
 def to_2d(k: jax.Array) -> jax.Array:
   """``(A1, B1, A2, B2, ...)`` -> ``(A1 * A2 * ..., B1 * B2 * ...)``."""
   if getattr(k, "matrix_free", False):
@@ -149,18 +213,24 @@ class Layout:
     self.c = math.prod(self.trace_shape)
     self.n = math.prod(self.kernel_shape)
     self._last = tuple(range(-len(pos), 0))
+    # Trace axes already last and in order: moving them is a no-op (an eager
+    # `moveaxis` would still compile a program per shape).
+    self._identity = self.trace_axes == self._last
 
   def flatten(self, f: jax.Array) -> jax.Array:
     """``(..., y_shape-like)`` with ``ndim`` trailing axes -> ``(..., m, c)``."""
-    f = jnp.asarray(f)
+    f = as_array(f)
     lead = f.shape[:f.ndim - self.ndim]
-    f = jnp.moveaxis(f, self.trace_axes, self._last)
+    if not self._identity:
+      f = jnp.moveaxis(f, self.trace_axes, self._last)
     return f.reshape(lead + (-1, self.c))
 
   def unflatten(self, f2: jax.Array, kernel_shape: tuple) -> jax.Array:
     """``(..., m, c)`` -> ``(..., outputs)`` with ``kernel_shape`` rows."""
     lead = f2.shape[:-2]
     f = f2.reshape(lead + tuple(kernel_shape) + self.trace_shape)
+    if self._identity:
+      return f
     return jnp.moveaxis(f, self._last, self.trace_axes)
 
   def output_shape(self, kernel_shape: tuple) -> tuple:

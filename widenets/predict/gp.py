@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 
 from . import large, solvers
-from ._common import Gaussian
+from ._common import Gaussian, small_jit
 from . import validation
-from ._common import (Axes, Layout, canonical_predict_get, check_diag_reg,
+from ._common import (Axes, Layout, as_array, canonical_predict_get,
+                      check_diag_reg, is_concrete,
                       check_test_train, check_train, eval_context,
                       from_2d, get_kernel, is_array,
                       kernel_dependencies, pack_get, to_2d)
@@ -69,6 +70,17 @@ class _Factors:
   def solve(self, g: str, b2d: jax.Array) -> jax.Array:
     return self.factor(g).solve(b2d)
 
+  def factor_solve(self, g: str, b2d: jax.Array, apply=None):
+    """``(K^{-1} b, apply @ K^{-1} b or None)``; on the first use of ``g``
+    with the default solver, factor and solve are one compiled program."""
+    if g not in self._cache and type(self.solver) is solvers.Cholesky:
+      with eval_context():
+        self._cache[g], x, applied = self.solver.factor_solve(
+            self.matrix(g), self.diag_reg, self.absolute, b2d, apply)
+      return x, applied
+    x = self.solve(g, b2d)
+    return x, None if apply is None else apply @ x
+
 
 def _gp_inference(
     k_train_train,
@@ -80,7 +92,7 @@ def _gp_inference(
     solver: Any = None,
 ) -> Callable:
   validation.check_finite("gp_inference", y_train=y_train)
-  y_train = jnp.asarray(y_train)
+  y_train = as_array(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
   check_train(k_train_train, y_train, layout)
@@ -91,8 +103,19 @@ def _gp_inference(
   def alpha(g):
     if g not in k_inv_y:
       with eval_context():
-        k_inv_y[g] = factors.solve(g, y2)
+        k_inv_y[g], _ = factors.factor_solve(g, y2)
     return k_inv_y[g]
+
+  def test_mean(g, k_td):
+    """``k_td @ alpha(g)``; the first time, with the factor and the solve in
+    one program (a concrete array ``k_td`` only: under an outer trace it is
+    a tracer, and the factor must stay a concrete, cached value)."""
+    if g not in k_inv_y and isinstance(k_td, jax.Array) and \
+        is_concrete(k_td):
+      with eval_context():
+        k_inv_y[g], out = factors.factor_solve(g, y2, k_td)
+      return out
+    return k_td @ alpha(g)
 
   def predict_fn(get=None, k_test_train=None, k_test_test=None):
     """Posterior on the test set (``k_test_train=None``: the train set).
@@ -127,7 +150,7 @@ def _gp_inference(
           get_kernel(k_test_train, kind, "k_test_train"), layout)
       k_td = to_2d(get_kernel(k_test_train, kind, "k_test_train"))
       if k_test_test is None:
-        out[g] = layout.unflatten(k_td @ alpha(kind), test_shape)
+        out[g] = layout.unflatten(test_mean(kind, k_td), test_shape)
         continue
       mean2d, cov = _posterior(g, factors, alpha, k_train_train,
                                k_test_train, k_test_test, k_td)
@@ -151,6 +174,8 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
   kind = "ntk" if g == "ntkgp" else g
   k_td_init = (k_td if g != "ntk" else
                to_2d(get_kernel(k_test_train, init, "k_test_train")))
+  # alpha first: on a first call it factors and solves in one program.
+  alpha_kind = alpha(kind)
   factor = factors.factor(kind)
   if isinstance(factor, solvers.Factor):
     # One compiled program per posterior (mean and covariance): fewer passes
@@ -160,7 +185,7 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
       cast = lambda x: jnp.asarray(x, factor.dtype)
       # The mean as in the mean-only path (k_td @ cached alpha), so both
       # give the same numbers.
-      a = cast(alpha(kind))
+      a = cast(alpha_kind)
       if g in ("nngp", "ntkgp"):
         mean, cov = _gp_posterior(factor.chol, a, cast(k_td), cast(k_tt))
       else:
@@ -168,7 +193,7 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
                                    cast(factors.matrix("nngp")), cast(k_td),
                                    cast(k_td_init), cast(k_tt))
       return mean.astype(factor.out_dtype), cov.astype(factor.out_dtype)
-  mean = k_td @ alpha(kind)
+  mean = k_td @ alpha_kind
   if g in ("nngp", "ntkgp"):
     # The prior kernel is the one being inverted: K** - K* K^{-1} K*^T.
     explained = k_td @ factors.solve(kind, k_td.T)
@@ -189,7 +214,7 @@ def _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt):
   return k_tt + ((spread + spread.T) / 2 - (term_2 + term_2.T))
 
 
-@jax.jit
+@small_jit
 def _gp_posterior(chol, alpha, k_td, k_tt):
   """``K* alpha`` and ``K** - K* K^{-1} K*^T``, the latter as ``K** - V^T V``
   with ``V = L^{-1} K*^T``: one triangular solve with the test columns
@@ -198,7 +223,7 @@ def _gp_posterior(chol, alpha, k_td, k_tt):
   return k_td @ alpha, k_tt - v.T @ v
 
 
-@jax.jit
+@small_jit
 def _ntk_posterior(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
   term_1 = jax.scipy.linalg.cho_solve((chol, True), k_td.T)
   return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
@@ -225,7 +250,7 @@ def _gp_inference_kernel_fn(
         kernel_fn, x_train, y_train, x_test, get, diag_reg, compute_cov,
         solver=large_solver, diag_reg_absolute_scale=diag_reg_absolute_scale,
         trace_axes=trace_axes, **kernel_fn_kwargs)
-  x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+  x_train, y_train = as_array(x_train), as_array(y_train)
   if x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "
                      f"{x_train.shape}) but `y_train` has {y_train.shape[0]} "

@@ -29,13 +29,15 @@ and on the train set :math:`K e^{-2K\tau}` (NNGP) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from . import large, solvers, validation
-from ._common import (ArrayOrScalar, Axes, Layout, canonical_predict_get,
+from ._common import (ArrayOrScalar, Axes, Layout, as_array, small_jit,
+                      canonical_predict_get,
                       check_diag_reg, check_fx, check_test_train, check_train,
                       eval_context, first_kernel, from_2d, is_array,
                       is_concrete,
@@ -150,7 +152,7 @@ def gradient_descent_mse(
   where = "gradient_descent_mse"
   validation.check_finite(where, y_train=y_train)
   validation.check_learning_rate(where, learning_rate)
-  y_train = jnp.asarray(y_train)
+  y_train = as_array(y_train)
   layout = Layout(y_train.shape, trace_axes)
   check_diag_reg(diag_reg)
   check_train(k_train_train, y_train, layout)
@@ -303,7 +305,7 @@ def gradient_descent_mse_ensemble(
                                 diag_reg_absolute_scale, trace_axes,
                                 large.resolve(solver),
                                 kernel_fn_train_train_kwargs)
-  x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+  x_train, y_train = as_array(x_train), as_array(y_train)
   if x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"`x_train` has {x_train.shape[0]} examples (shape "
                      f"{x_train.shape}) but `y_train` has {y_train.shape[0]} "
@@ -358,7 +360,8 @@ def gradient_descent_mse_ensemble(
       eig = eigen(g, to_2d(k_dd[g]))
       with eig.context():
         mean, cov = _ensemble_moments(
-            g, eig, tau, y2, {k: eig.cast(to_2d(v)) for k, v in k_dd.items()},
+            g, eig.evecs, eig.evals, tau, eig.cast(y2),
+            {k: eig.cast(to_2d(v)) for k, v in k_dd.items()},
             None if k_td is None else
             {k: eig.cast(to_2d(v)) for k, v in k_td.items()},
             None if nngp_tt is None or nngp_tt is True else
@@ -394,10 +397,15 @@ class _Pair:
     self.nngp, self.ntk = nngp, ntk
 
 
-def _ensemble_moments(g, eig, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
-  """Flat mean ``(T, m, c)`` and covariance ``(T, m, m)`` (or None)."""
-  v, lam = eig.evecs, eig.evals
-  proj = v.T @ eig.cast(y2)                                     # (n, c)
+@functools.partial(small_jit, static_argnames=("g", "compute_cov"))
+def _ensemble_moments(g, v, lam, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
+  """Flat mean ``(T, m, c)`` and covariance ``(T, m, m)`` (or None).
+
+  ``v``, ``lam``: eigenvectors and eigenvalues of the train-train ``g``
+  kernel. One compiled program (per shapes and ``g``): run eagerly, its
+  dozen einsums and elementwise steps each compiled a program of their own.
+  """
+  proj = v.T @ y2                                               # (n, c)
   phi = _phi(lam, tau)
   if k_td is None:
     mean = jnp.einsum("ij,tj,jc->tic", v, 1 - _decay(lam, tau), proj)

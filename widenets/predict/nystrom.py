@@ -42,8 +42,6 @@ import time
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
-import scipy.linalg
-import scipy.linalg.blas
 
 from .block_cg import regularizer
 from .block_kernel import BlockKernel
@@ -52,6 +50,14 @@ from .row_store import RowStore
 
 __all__ = ["Nystrom", "NystromModel", "rpcholesky_centres"]
 
+
+
+def _linalg():
+  """`scipy.linalg`, imported on first use: it takes a third of a second to
+  import, and most programs never build a Nystrom preconditioner."""
+  import scipy.linalg  # pylint: disable=import-outside-toplevel
+  import scipy.linalg.blas  # noqa: F401 pylint: disable=import-outside-toplevel
+  return scipy.linalg
 
 def rpcholesky_centres(kernel: BlockKernel, kind: str, x: np.ndarray,
                        diag: np.ndarray, m: int, seed: int,
@@ -80,7 +86,7 @@ def rpcholesky_centres(kernel: BlockKernel, kind: str, x: np.ndarray,
     c = (g[idx] + g[idx].T) / 2
     jitter = np.finfo(np.float32).eps * max(np.trace(c), 1e-30)
     low = np.linalg.cholesky(c + jitter * np.eye(idx.size))
-    f[:, k:k + idx.size] = scipy.linalg.solve_triangular(
+    f[:, k:k + idx.size] = _linalg().solve_triangular(
         low, g.T, lower=True).T
     d = np.maximum(d - np.sum(f[:, k:k + idx.size].astype(np.float64) ** 2,
                               axis=1), 0.)
@@ -161,7 +167,7 @@ class NystromModel:
     out = np.empty(x_test.shape[0], self.dtype)
     for i in range(0, x_test.shape[0], b):
       k_mt = np.ascontiguousarray(self._k_tm(x_test[i:i + b]).T)
-      w = scipy.linalg.solve_triangular(self.t_chol, k_mt, trans="T")
+      w = _linalg().solve_triangular(self.t_chol, k_mt, trans="T")
       out[i:i + b] = (prior[i:i + b] - np.sum(w * w, axis=0) +
                       self.mu * np.sum(k_mt * self.solve_h(k_mt), axis=0))
     return out
@@ -273,15 +279,15 @@ class Nystrom:
     kmm[np.diag_indices(m)] += jitter
     # ``kmm.T`` is Fortran-ordered, so LAPACK factors it in place (reading
     # the upper triangle of kmm); L L^T = K_MM, T = L^T.
-    low = _cholesky(lambda: scipy.linalg.cholesky(
+    low = _cholesky(lambda: _linalg().cholesky(
         kmm.T, lower=True, overwrite_a=True, check_finite=False), "K_MM", m)
     del kmm
     # T T^T = L^T L by a symmetric rank-k update (half a matrix product);
     # its upper triangle is what the next factorization reads.
-    syrk = scipy.linalg.blas.get_blas_funcs("syrk", (low,))
+    syrk = _linalg().blas.get_blas_funcs("syrk", (low,))
     a = syrk(n / m, low, trans=1, lower=0)
     a[np.diag_indices(m)] += mu
-    a_chol = _cholesky(lambda: scipy.linalg.cholesky(
+    a_chol = _cholesky(lambda: _linalg().cholesky(
         a, lower=False, overwrite_a=True, check_finite=False),
         "the preconditioner", m)
     return low.T, a_chol
@@ -294,12 +300,12 @@ class Nystrom:
     info["precond_seconds"] += time.perf_counter() - t0
 
     def b_apply(v):
-      return scipy.linalg.solve_triangular(
-          t_chol, scipy.linalg.solve_triangular(a_chol, v))
+      return _linalg().solve_triangular(
+          t_chol, _linalg().solve_triangular(a_chol, v))
 
     def bt_apply(w):
-      return scipy.linalg.solve_triangular(
-          a_chol, scipy.linalg.solve_triangular(t_chol, w, trans="T"),
+      return _linalg().solve_triangular(
+          a_chol, _linalg().solve_triangular(t_chol, w, trans="T"),
           trans="T")
 
     def matvec(v):

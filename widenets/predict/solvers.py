@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import is_concrete, precision, to_2d
+from ._common import is_concrete, precision, small_jit, to_2d
 from .cg import CG
 
 __all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
@@ -57,11 +57,10 @@ def regularized_cholesky(a: jax.Array, reg: jax.Array) -> jax.Array:
                              symmetrize_input=False)
 
 
-_cholesky = jax.jit(regularized_cholesky)
+_cholesky = small_jit(regularized_cholesky)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _factor(a: jax.Array, diag_reg, absolute: bool):
+def _factor_parts(a: jax.Array, diag_reg, absolute: bool):
   """``(all finite, mean |diagonal|, regularizer, factor, factor ok)``."""
   n = a.shape[0]
   scale = jnp.abs(jnp.trace(a) / n) + jnp.finfo(a.dtype).tiny
@@ -70,7 +69,21 @@ def _factor(a: jax.Array, diag_reg, absolute: bool):
   return jnp.all(jnp.isfinite(a)), scale, reg, chol, _is_ok(chol)
 
 
-@jax.jit
+_factor = small_jit(_factor_parts, static_argnums=(2,))
+
+
+@functools.partial(small_jit, static_argnums=(2, 5))
+def _factor_solve(a, diag_reg, absolute: bool, b, apply, out_dtype):
+  """`_factor_parts`, then ``x = (K + rI)^{-1} b`` (in ``out_dtype``) and
+  ``apply @ x`` (None if ``apply`` is None): a first prediction compiles one
+  small program per training-set size instead of three (factor, solve,
+  product), and XLA's fixed cost per program dominates at small ``n``."""
+  parts = _factor_parts(a, diag_reg, absolute)
+  x = jax.scipy.linalg.cho_solve((parts[3], True), b).astype(out_dtype)
+  return parts + (x, None if apply is None else apply @ x)
+
+
+@small_jit
 def _cho_solve(chol: jax.Array, b: jax.Array) -> jax.Array:
   # Compiled once per shape: run eagerly, cho_solve's two triangular solves
   # and their transposes would be dispatched op by op.
@@ -130,30 +143,56 @@ class Cholesky:
 
   def factor(self, k2d: jax.Array, diag_reg, absolute: bool) -> "Factor":
     """Factorizes ``K + r I`` (``k2d`` is the flat ``(n, n)`` kernel)."""
-    if getattr(k2d, "matrix_free", False):
-      k2d = k2d.dense()
-    out_dtype = k2d.dtype
-    dtype = _compute_dtype(self.dtype, k2d.dtype)
+    k2d, dtype = self._dense(k2d)
     with precision(dtype):
       a = jnp.asarray(k2d, dtype)
-      n = a.shape[0]
       # One compiled call for the checks, the regularizer and the factor:
       # separate eager ops each held an (n, n) buffer and a compiled program.
-      finite, scale, reg0, chol, ok = _factor(a, diag_reg, bool(absolute))
-      if is_concrete(a):
-        if not bool(finite):
-          raise ValueError(f"The ({n}, {n}) train-train kernel contains NaN "
-                           f"or inf entries; check the inputs and the "
-                           f"network (e.g. NaN inputs).")
-        if self.check_psd:
-          check_psd(a, name="k_train_train", warn=True)
-      if self.on_failure == "nan":
-        return Factor(chol, dtype, out_dtype, reg0)
-      if is_concrete(ok):
-        chol, reg = self._escalate_eager(a, chol, bool(ok), reg0, scale,
-                                         diag_reg)
-      else:
-        chol, reg = self._escalate_traced(a, chol, ok, reg0, scale, diag_reg)
+      parts = _factor(a, diag_reg, bool(absolute))
+      return self._finish(a, parts, diag_reg, k2d.dtype)
+
+  def factor_solve(self, k2d: jax.Array, diag_reg, absolute: bool,
+                   b: jax.Array, apply: Optional[jax.Array] = None):
+    """``(factor, x, apply @ x)`` with ``x = (K + r I)^{-1} b`` of shape
+    ``(n, c)`` in the kernel's dtype (``apply @ x`` is None if ``apply`` is
+    None); the same numbers as `factor`, `Factor.solve` and a product, in
+    one compiled program unless the factorization needs escalating."""
+    k2d, dtype = self._dense(k2d)
+    out_dtype = np.dtype(k2d.dtype)
+    with precision(dtype):
+      a = jnp.asarray(k2d, dtype)
+      parts = _factor_solve(a, diag_reg, bool(absolute),
+                            jnp.asarray(b, dtype), apply, out_dtype)
+      factor = self._finish(a, parts[:5], diag_reg, out_dtype)
+    if factor.chol is parts[3] and is_concrete(parts[4]):
+      return factor, parts[5], parts[6]
+    # Escalated (or traced): solve with the factor actually used.
+    x = factor.solve(b)
+    return factor, x, None if apply is None else apply @ x
+
+  def _dense(self, k2d):
+    if getattr(k2d, "matrix_free", False):
+      k2d = k2d.dense()
+    return k2d, _compute_dtype(self.dtype, k2d.dtype)
+
+  def _finish(self, a, parts, diag_reg, out_dtype) -> "Factor":
+    """Checks `_factor_parts`' results; escalates ``r`` if asked to."""
+    finite, scale, reg0, chol, ok = parts
+    n, dtype = a.shape[0], a.dtype
+    if is_concrete(a):
+      if not bool(finite):
+        raise ValueError(f"The ({n}, {n}) train-train kernel contains NaN "
+                         f"or inf entries; check the inputs and the "
+                         f"network (e.g. NaN inputs).")
+      if self.check_psd:
+        check_psd(a, name="k_train_train", warn=True)
+    if self.on_failure == "nan":
+      return Factor(chol, dtype, out_dtype, reg0)
+    if is_concrete(ok):
+      chol, reg = self._escalate_eager(a, chol, bool(ok), reg0, scale,
+                                       diag_reg)
+    else:
+      chol, reg = self._escalate_traced(a, chol, ok, reg0, scale, diag_reg)
     return Factor(chol, dtype, out_dtype, reg)
 
   def _steps(self, reg0, scale, dtype):
@@ -173,7 +212,7 @@ class Cholesky:
       chol = _cholesky(a, reg)
       if bool(_is_ok(chol)):
         warnings.warn(_reg_message(diag_reg, reg, scale, n, dtype),
-                      RuntimeWarning, stacklevel=4)
+                      RuntimeWarning, stacklevel=5)
         return chol, reg
     raise ValueError(_fail_message(
         diag_reg, n, dtype, f" and up to an absolute regularizer "
@@ -228,6 +267,14 @@ class Factor:
           self.out_dtype)
 
 
+@functools.partial(small_jit, static_argnums=(2,))
+def _eigh(a: jax.Array, diag_reg, absolute: bool):
+  """``(all finite, eigenvalues, eigenvectors of K + r I)``: one program."""
+  reg = regularizer(a, diag_reg, absolute)
+  evals, evecs = jnp.linalg.eigh(a + reg * jnp.eye(a.shape[0], dtype=a.dtype))
+  return jnp.all(jnp.isfinite(a)), evals, evecs
+
+
 @dataclasses.dataclass(frozen=True)
 class Eigen:
   """Eigendecomposition ``K + r I = V diag(evals) V^T`` for finite-time flows.
@@ -249,12 +296,10 @@ class Eigen:
     dtype = _compute_dtype(dtype, k2d.dtype)
     with precision(dtype):
       a = jnp.asarray(k2d, dtype)
-      if is_concrete(a) and not bool(jnp.all(jnp.isfinite(a))):
+      finite, evals, evecs = _eigh(a, diag_reg, bool(absolute))
+      if is_concrete(finite) and not bool(finite):
         raise ValueError(f"The {a.shape} train-train kernel contains NaN or "
                          f"inf entries; check the inputs and the network.")
-      a = a + regularizer(a, diag_reg, absolute) * jnp.eye(a.shape[0],
-                                                           dtype=dtype)
-      evals, evecs = jnp.linalg.eigh(a)
     return cls(evals, evecs, dtype, out_dtype)
 
   def context(self):

@@ -2,8 +2,10 @@
 
 Each check runs once per call on concrete values and is skipped for tracers
 (inside `jax.jit` there is nothing to look at; shapes are still checked
-elsewhere). Array checks are one fused ``all(isfinite)`` reduction per array
-(NumPy inputs stay on the host) and one host transfer of the flags together.
+elsewhere). Arrays that are cheap to read on the host (NumPy, small, or on
+the CPU: `_common.host_value`) are checked with NumPy, compiling nothing;
+others with one fused ``all(isfinite)`` reduction per array and one host
+transfer of the flags together.
 
 Degenerate training kernels are *warned about*, with the measured value:
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._tracing import is_concrete
+from ._common import host_value
 
 __all__ = ["check_finite", "check_learning_rate", "check_time",
            "check_train_kernel", "warn_asymmetry", "warn_indefinite"]
@@ -57,8 +60,9 @@ def check_finite(where: str, **arrays) -> None:
       if not jnp.issubdtype(leaf.dtype, jnp.inexact):
         continue
       names.append((name, tuple(np.shape(leaf))))
-      flags.append(np.all(np.isfinite(leaf)) if isinstance(
-          leaf, (np.ndarray, np.generic)) else jnp.all(jnp.isfinite(leaf)))
+      host = host_value(leaf)
+      flags.append(jnp.all(jnp.isfinite(leaf)) if host is None else
+                   np.all(np.isfinite(host)))
   if not flags:
     return
   for (name, shape), ok in zip(names, jax.device_get(flags)):
