@@ -20,14 +20,12 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 # run stays within its time budget; each has a cheaper sibling that stays in
 # the default run (another activation, block size, framework or resume test).
 _SLOW = (
-    "tests/stax/test_input_derivatives.py::test_second_derivative_matches_finite_differences[Tanh-",
     "tests/predict/test_large_stores.py::test_sigkill_mid_variance_solve_resumes",
     "tests/empirical/test_frameworks.py::test_flax_linen_cnn",
     "tests/stax/test_chunking.py::test_any_block_size",
     "tests/empirical/test_implementations.py::test_ntk_vector_products_x2_none_uses_symmetry[axes0-9-cnn]",
     "tests/stax/test_activations_mc.py::test_mixed_networks_match_monte_carlo[smooth]",
     "tests/empirical/test_conv_grad.py::test_ntk_of_strided_grouped_nested_convs[0-1]",
-    "tests/stax/test_activations_robust.py::test_nngp_symmetric_psd[Tanh]",
     "tests/stax/test_activations.py::test_grad_at_zero_input_is_finite_and_matches_fd[Tanh]",
 )
 

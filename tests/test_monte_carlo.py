@@ -96,6 +96,30 @@ def test_mc_is_the_estimate_neural_tangents_draws(partitionable):
   np.testing.assert_allclose(ntk, want_ntk, rtol=1e-5, atol=1e-6)
 
 
+# neural-tangents 0.6.5's parameters (JAX 0.4.26, its default old stream) for
+# `init_fn(PRNGKey(0), (-1, 4))` of the network below: the first four entries
+# of the first Dense's W and the first three of the last Dense's W.
+_NT_INIT = ([1.0658787, -0.23089151, 1.3371083, 0.02989214],
+            [-0.37244782, -1.2998707, 0.87299186])
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64,
+                    reason="the recorded draws are float32 draws")
+def test_init_fn_draws_neural_tangents_parameters_on_its_stream():
+  # widenets draws on the program's stream: under the old one (set by the
+  # program, as docs/migration.md says) the parameters are neural-tangents'
+  # exactly; under the new one they are another draw.
+  init_fn = stax.serial(stax.Dense(3, 1.5, 0.1), stax.Relu(), stax.Dense(2))[0]
+  with jax.threefry_partitionable(False):
+    _, old = init_fn(jax.random.PRNGKey(0), (-1, 4))
+  with jax.threefry_partitionable(True):
+    _, new = init_fn(jax.random.PRNGKey(0), (-1, 4))
+  got = (np.ravel(old[0][0])[:4], np.ravel(old[2][0])[:3])
+  for g, want in zip(got, _NT_INIT):
+    np.testing.assert_allclose(g, want, rtol=1e-6)
+  assert not np.allclose(np.ravel(new[0][0])[:4], _NT_INIT[0])
+
+
 def test_mc_generator_and_batch_size(data):
   x1, _ = data
   init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Erf(),

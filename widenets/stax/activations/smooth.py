@@ -31,6 +31,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .atan2 import atan2
 from .base import elementwise_layer
@@ -62,20 +63,35 @@ def erf_mixture_rule(weights, scales):
   closed form of `erf`, ``E[erf(b_k u) erf(b_l v)] = (2 / pi) arcsin(2 b_k
   b_l cov / sqrt((1 + 2 b_k**2 var1)(1 + 2 b_l**2 var2)))``, and its NTK
   factor ``(4 / pi) b_k b_l / sqrt((1 + 2 b_k**2 var1)(1 + 2 b_l**2 var2) -
-  4 b_k**2 b_l**2 cov**2)`` (the square root is ``>= 1``)."""
-  pairs = [(a1 * a2, b1, b2) for a1, b1 in zip(weights, scales)
-           for a2, b2 in zip(weights, scales)]
+  4 b_k**2 b_l**2 cov**2)`` (the square root is ``>= 1``).
+
+  The pairs are the steps of a `jax.lax.scan` that accumulates both sums:
+  one copy of the pair formula in the traced program rather than one per
+  pair, which keeps compilation (above all of derivatives) close to
+  `Erf`'s; each step is one fused pass over the covariance.
+  """
+  weights = np.asarray(weights, np.float64)
+  scales = np.asarray(scales, np.float64)
+  n = len(weights)
+  pairs = np.stack([np.outer(weights, weights).ravel(),   # a_k a_l
+                    np.repeat(scales, n),                  # b_k
+                    np.tile(scales, n)], 1)                # b_l
 
   def pair_rule(cov, var1, var2, ntk):
-    new = jnp.zeros_like(cov)
-    dot = jnp.zeros_like(cov)
-    for a, b1, b2 in pairs:
+    def step(sums, pair):
+      a, b1, b2 = pair[0], pair[1], pair[2]
       bb = b1 * b2
       prod = (1 + 2 * b1**2 * var1) * (1 + 2 * b2**2 * var2)
       root = jnp.sqrt(jnp.maximum(prod - 4 * (bb * cov)**2, 1.0))
-      new = new + a * atan2(2 * bb * cov, root)
-      if ntk is not None:
-        dot = dot + (a * bb) / root
+      new = sums[0] + a * atan2(2 * bb * cov, root)
+      dot = None if ntk is None else sums[1] + (a * bb) / root
+      return (new, dot), None
+
+    zero = jnp.zeros(jnp.broadcast_shapes(jnp.shape(cov), jnp.shape(var1),
+                                          jnp.shape(var2)), cov.dtype)
+    (new, dot), _ = jax.lax.scan(
+        step, (zero, None if ntk is None else zero),
+        jnp.asarray(pairs, cov.dtype))
     new = new * (2 / jnp.pi)
     return new, (None if ntk is None else ntk * dot * (4 / jnp.pi))
 
