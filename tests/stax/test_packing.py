@@ -1,5 +1,8 @@
 """The packed x2=None layout (`packing.block_layout`, `pack`, `unpack`):
 block geometry, and kernels equal to x2 = x1 with and without padding."""
+import math
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -51,3 +54,23 @@ def test_packed_dropout_train_inflates_only_the_diagonal():
   eye = np.eye(200, dtype=bool)
   np.testing.assert_allclose(np.diag(k), np.diag(k0) / rate, rtol=1e-6)
   np.testing.assert_allclose(k[~eye], k0[~eye], rtol=1e-6)
+
+
+def test_grad_of_a_packed_kernel_does_not_fold_the_unpack_transpose():
+  # With a constant cotangent (grad of sum(kernel)) XLA would otherwise
+  # constant-fold the unpack gather's transpose into a literal of the packed
+  # blocks' size, taking seconds to minutes to compile at N >= 1000.
+  import jax
+  import jax.numpy as jnp
+  _, _, kernel_fn = stax.serial(stax.Dense(64), stax.Relu(), stax.Dense(1))
+  x = jnp.asarray(np.random.RandomState(0).randn(300, 8), jnp.float32)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(kernel_fn(x, None, "nngp"))))
+  hlo = grad.lower(x).compile().as_text()
+  # A folded transpose shows up as a float literal of the packed blocks'
+  # size ((465, 10, 10) here); the program's own literals are small.
+  sizes = [math.prod(int(d) for d in dims.split(",") if d)
+           for dims in re.findall(r"= f(?:16|32|64)\[([0-9,]*)\]\S* constant\(",
+                                  hlo)]
+  assert max(sizes, default=0) < 10_000, sorted(sizes)[-3:]
+  unpacked = jax.grad(lambda x: jnp.sum(kernel_fn(x, x, "nngp")))(x)
+  np.testing.assert_allclose(grad(x), unpacked, rtol=2e-3, atol=1e-3)

@@ -14,6 +14,7 @@ their variances for the layers in between.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -117,7 +118,11 @@ def unpack(k: Kernel) -> Kernel:
     if p is None or jnp.ndim(p) == 0:
       return p
     rest = p.shape[3:]
-    blocks = p[pair]  # (B, B, b, b) + rest
+    # The barrier keeps XLA from constant-folding this gather's transpose (a
+    # scatter-add into the packed blocks) when the cotangent is a constant,
+    # as in `jax.grad` of `sum(kernel)`: folding it took seconds at N=1000
+    # and over a minute at N=2000. It is gone by the time XLA fuses.
+    blocks = jax.lax.optimization_barrier(p[pair])  # (B, B, b, b) + rest
     mirrored = jnp.swapaxes(swap_spatial_pairs(blocks, 4, k.diagonal_spatial),
                             2, 3)
     mask = below.reshape(below.shape + (1,) * (blocks.ndim - 2))
