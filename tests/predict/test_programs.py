@@ -1,30 +1,14 @@
 """How many programs a first prediction compiles, and that the quickly
 compiled small programs (`_common.small_jit`) give the numbers of the fully
 optimized ones."""
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.compiles import count_compiles
 from widenets import predict
 from widenets.predict import _common, gp, solvers
-
-
-@contextlib.contextmanager
-def _count_compiles():
-  seen = []
-
-  def listener(event, duration, **kwargs):
-    if "backend_compile" in event:
-      seen.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield seen
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _problem(n, m=7, c=2, seed=0):
@@ -43,7 +27,7 @@ def test_first_prediction_is_one_program():
   n = 23
   k_dd, k_td, y = _problem(n)
   k_dd, k_td = jax.device_put(k_dd), jax.device_put(k_td)
-  with _count_compiles() as seen:
+  with count_compiles() as seen:
     mean = predict.gp_inference(k_dd, y, diag_reg=1e-3)("nngp", k_td)
     jax.block_until_ready(mean)
   assert len(seen) == 1, seen

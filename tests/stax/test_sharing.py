@@ -1,11 +1,10 @@
 """`stax.sharing`: one compiled program per architecture (issue 15)."""
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.compiles import count_compiles
 from widenets import stax
 from widenets.stax import sharing
 
@@ -18,21 +17,6 @@ def _net(W_std, b_std=0.05, a=1.0):
 
 def _x(n=7, seed=0, dtype=np.float32):
   return np.random.RandomState(seed).randn(n, 3).astype(dtype)
-
-
-@contextlib.contextmanager
-def _count_compiles():
-  seen = []
-
-  def listener(event, duration, **kwargs):
-    if "backend_compile" in event:
-      seen.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield seen
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _reference(W_std, x1, x2, get, b_std=0.05, a=1.0):
@@ -49,7 +33,7 @@ def test_sweep_compiles_one_program(jit):
   call = lambda k: (jax.jit(k, static_argnames="get") if jit else k)(
       x, None, "ntk")
   call(_net(0.1)[2])  # compiles
-  with _count_compiles() as compiles:
+  with count_compiles() as compiles:
     out = [call(_net(float(w))[2]) for w in values]
   # A user's own jax.jit of each network compiles its (small) outer
   # program; the kernel computation inside is the one shared program.
@@ -188,7 +172,7 @@ def test_sweep_of_declared_hyperparameters_compiles_once(family):
   x1, x2 = inputs(), inputs(2, 1)
   values = np.linspace(0.55, 1.45, 20)
   make(0.52)[2](x1, x2, "ntk")  # compiles
-  with _count_compiles() as compiles:
+  with count_compiles() as compiles:
     out = [make(float(v))[2](x1, x2, "ntk") for v in values]
   assert not compiles
   for i in (0, len(values) - 1):
