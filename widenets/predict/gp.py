@@ -35,13 +35,11 @@ import jax
 import jax.numpy as jnp
 
 from . import large, solvers
-from ._common import Gaussian, small_jit
 from . import validation
-from ._common import (Axes, Layout, as_array, canonical_predict_get,
-                      check_diag_reg, is_concrete,
-                      check_test_train, check_train, eval_context,
-                      from_2d, get_kernel, is_array,
-                      kernel_dependencies, pack_get, to_2d)
+from ._common import (Axes, Gaussian, Layout, as_array, canonical_predict_get,
+                      check_diag_reg, check_test_train, check_train,
+                      eval_context, from_2d, get_kernel, is_array, is_concrete,
+                      kernel_dependencies, pack_get, small_jit, to_2d)
 
 __all__ = ["Gaussian", "gp_inference"]
 

@@ -36,12 +36,11 @@ import jax
 import jax.numpy as jnp
 
 from . import large, solvers, validation
-from ._common import (ArrayOrScalar, Axes, Layout, as_array, small_jit,
-                      canonical_predict_get,
-                      check_diag_reg, check_fx, check_test_train, check_train,
-                      eval_context, first_kernel, from_2d, is_array,
-                      is_concrete,
-                      kernel_dependencies, pack_get, to_2d)
+from ._common import (ArrayOrScalar, Axes, Layout, as_array,
+                      canonical_predict_get, check_diag_reg, check_fx,
+                      check_test_train, check_train, eval_context,
+                      first_kernel, from_2d, is_array, is_concrete,
+                      kernel_dependencies, pack_get, small_jit, to_2d)
 from .gp import Gaussian, gp_inference
 
 __all__ = ["gradient_descent_mse", "gradient_descent_mse_ensemble"]

@@ -51,13 +51,13 @@ from .row_store import RowStore
 __all__ = ["Nystrom", "NystromModel", "rpcholesky_centres"]
 
 
-
 def _linalg():
   """`scipy.linalg`, imported on first use: it takes a third of a second to
   import, and most programs never build a Nystrom preconditioner."""
   import scipy.linalg  # pylint: disable=import-outside-toplevel
   import scipy.linalg.blas  # noqa: F401 pylint: disable=import-outside-toplevel
   return scipy.linalg
+
 
 def rpcholesky_centres(kernel: BlockKernel, kind: str, x: np.ndarray,
                        diag: np.ndarray, m: int, seed: int,

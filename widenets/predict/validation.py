@@ -2,10 +2,10 @@
 
 Each check runs once per call on concrete values and is skipped for tracers
 (inside `jax.jit` there is nothing to look at; shapes are still checked
-elsewhere). Arrays that are cheap to read on the host (NumPy, small, or on
-the CPU: `_common.host_value`) are checked with NumPy, compiling nothing;
-others with one fused ``all(isfinite)`` reduction per array and one host
-transfer of the flags together.
+elsewhere). Arrays that are cheap to read on the host (NumPy arrays and
+small concrete JAX arrays: `_common.host_value`) are checked with NumPy,
+compiling nothing; others with one fused ``all(isfinite)`` reduction per
+array and one host transfer of the flags together.
 
 Degenerate training kernels are *warned about*, with the measured value:
 
