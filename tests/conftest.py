@@ -10,6 +10,7 @@ never sets this option.
 import os
 
 import jax
+import pytest
 
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -30,8 +31,16 @@ _SLOW = (
 )
 
 
+@pytest.fixture
+def packed_small(monkeypatch):
+  """x2=None calls run packed at any size: small ones run on the whole grid
+  by default (`packing.MIN_PACKED_BYTES`), and the tests that check the
+  packed layout use small inputs."""
+  from widenets.stax import packing
+  monkeypatch.setattr(packing, "MIN_PACKED_BYTES", 0)
+
+
 def pytest_collection_modifyitems(config, items):
-  import pytest
   for item in items:
     if item.nodeid.startswith(_SLOW):
       item.add_marker(pytest.mark.slow)

@@ -74,8 +74,9 @@ def _run(kernel_fn, args):
 
 
 @pytest.fixture
-def small_row_blocks(monkeypatch):
-  # x1 x2 calls run in row blocks of 5 (see `chunking.choose_rows`).
+def small_row_blocks(monkeypatch, packed_small):
+  # x1 x2 calls run in row blocks of 5 (see `chunking.choose_rows`), x2=None
+  # calls packed.
   monkeypatch.setattr(chunking, "BLOCK_BYTES", 0)
   monkeypatch.setattr(chunking, "MIN_ROWS", 5)
 

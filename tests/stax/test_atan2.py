@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from widenets.stax.activations import atan2 as atan2_module
 from widenets.stax.activations.atan2 import atan2
 
-_fast = jax.jit(atan2)
+# Our float32 approximation itself (small arrays go to XLA's atan2).
+_fast = jax.jit(atan2_module._atan2_float32)
 
 
 def _ulps(got, y, x):
@@ -67,6 +68,24 @@ def test_float64_is_numpys_arctan2():
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), np.arctan2(y, x), rtol=1e-15,
                                atol=1e-15)
+
+
+def test_small_arrays_use_xlas_and_large_ones_ours():
+  # The choice follows the (broadcast) size only; both are accurate, so a
+  # kernel changes by round-off across the threshold, no more.
+  rs = np.random.RandomState(2)
+  n = atan2_module.XLA_UP_TO
+  y, x = (rs.randn(n + 1).astype(np.float32) for _ in range(2))
+  small = np.asarray(jax.jit(atan2)(y[:n], x[:n]))
+  np.testing.assert_array_equal(small, np.asarray(jnp.arctan2(y[:n], x[:n])))
+  large = np.asarray(jax.jit(atan2)(y, x))
+  np.testing.assert_array_equal(large, np.asarray(_fast(y, x)))
+  # Broadcasting counts the output's entries.
+  col = jnp.asarray(y[:n // 2 + 1, None])
+  wide = np.asarray(jax.jit(atan2)(col, jnp.asarray(x[None, :2])))
+  np.testing.assert_array_equal(wide, np.asarray(_fast(col, x[None, :2])))
+  assert _ulps(small, y[:n], x[:n]).max() <= 4
+  assert _ulps(large, y, x).max() <= 4
 
 
 def test_derivative_is_exact():

@@ -24,8 +24,9 @@ def _x(n, seed, dtype):
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
-  """x1 vs x2 calls run in row blocks of 8 (`chunking`)."""
+def small_blocks(monkeypatch, packed_small):
+  """x1 vs x2 calls run in row blocks of 8 (`chunking`), x2=None calls
+  packed (`packing`)."""
   monkeypatch.setattr(chunking, "BLOCK_BYTES", 0)
   monkeypatch.setattr(chunking, "MIN_ROWS", 8)
 

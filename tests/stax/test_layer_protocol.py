@@ -66,7 +66,7 @@ def nets():
 @pytest.mark.parametrize("name,n", [("relu20", 16), ("relu20", 37),
                                     ("erf10", 16), ("abs8_nobias", 37),
                                     ("residual", 37)])
-def test_x2_none_equals_x2_x1(nets, name, n):
+def test_x2_none_equals_x2_x1(packed_small, nets, name, n):
   kernel_fn = nets[name][2]
   x = jax.random.normal(jax.random.PRNGKey(n), (n, 6))
   x = x.at[3].set(0.0).at[5].set(x[4])  # a zero input and a repeated one

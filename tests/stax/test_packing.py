@@ -29,7 +29,7 @@ def test_block_layout_prefers_exact_split_with_aligned_blocks():
 
 
 @pytest.mark.parametrize("n", [200, 203])  # exact split (25 x 8), padded
-def test_packed_kernel_equals_x2_equal_x1(n):
+def test_packed_kernel_equals_x2_equal_x1(packed_small, n):
   rs = np.random.RandomState(n)
   x = rs.randn(n, 5).astype(np.float32)
   _, _, kernel_fn = stax.serial(stax.Dense(64, W_std=1.4, b_std=0.1),
@@ -44,7 +44,7 @@ def test_packed_kernel_equals_x2_equal_x1(n):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
-def test_packed_dropout_train_inflates_only_the_diagonal():
+def test_packed_dropout_train_inflates_only_the_diagonal(packed_small):
   # Dropout's same-input mask on the packed layout (blocks of block pairs).
   x = np.random.RandomState(0).randn(200, 5).astype(np.float32)
   base = stax.serial(stax.Dense(4, b_std=0.1), stax.Relu())
@@ -74,3 +74,37 @@ def test_grad_of_a_packed_kernel_does_not_fold_the_unpack_transpose():
   assert max(sizes, default=0) < 10_000, sorted(sizes)[-3:]
   unpacked = jax.grad(lambda x: jnp.sum(kernel_fn(x, x, "nngp")))(x)
   np.testing.assert_allclose(grad(x), unpacked, rtol=2e-3, atol=1e-3)
+
+
+def test_small_x2_none_runs_whole_and_large_packed():
+  # One (N, N) float32 NNGP of at most MIN_PACKED_BYTES runs on the whole
+  # grid; spatial covariances count (a pair of 4 x 4 images has 256).
+  limit = packing.MIN_PACKED_BYTES
+  n = math.isqrt(limit // 4)
+  assert not packing.worth_packing(n, 1, 4)
+  assert packing.worth_packing(n + 1, 1, 4)
+  assert packing.worth_packing(math.isqrt(limit // 8) + 1, 1, 8)  # float64
+  assert not packing.worth_packing(math.isqrt(limit // 8), 1, 8)
+  assert packing.worth_packing(math.isqrt(limit // (4 * 256)) + 1, 256, 4)
+  assert not packing.worth_packing(1, 10**9, 4)  # one sample: nothing to pair
+
+
+@pytest.mark.parametrize("n", [7, 40])
+def test_whole_and_packed_x2_none_agree(monkeypatch, n):
+  # Every angle- and quadrature-based rule on both layouts of one call.
+  x = np.random.RandomState(n).randn(n, 5).astype(np.float32)
+  x[3] = 0.0
+  x[5] = x[4]
+  kernel_fn = stax.serial(
+      stax.Dense(64, W_std=1.4, b_std=0.1), stax.Relu(),
+      stax.Dense(64, W_std=1.5, b_std=0.1), stax.Erf(),
+      stax.Dense(64, W_std=1.2), stax.Gelu(),
+      stax.Dense(64, W_std=1.3, b_std=0.2), stax.Sin(),
+      stax.Dense(64), stax.LeakyRelu(0.1), stax.Dense(1))[2]
+  whole = kernel_fn(x, None, ("nngp", "ntk"))
+  monkeypatch.setattr(packing, "MIN_PACKED_BYTES", 0)
+  packed = kernel_fn(x, None, ("nngp", "ntk"))
+  for a, b in zip(whole, packed):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_array_equal(a, a.T)
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)

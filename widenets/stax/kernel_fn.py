@@ -6,8 +6,9 @@ kernels for branching layers). `KernelFn` runs it on a `Kernel`
 (``kernel_fn(x1, x2=None, get=None, **kwargs)``) as one compiled computation:
 
 1. the covariance layout (`requirements`) and the strategy: the packed
-   upper triangle for ``x2=None`` (`packing`), row blocks of ``x1``
-   (`chunking`), or the whole grid;
+   upper triangle for ``x2=None`` (`packing`; a small one on the whole grid,
+   mirrored), row blocks of ``x1`` (`chunking`), or the whole grid; chosen
+   from shapes and dtypes only, so the same under an outer ``jax.jit``;
 2. the inputs' kernel (`inputs`), the layers' rules, and the unpacked,
    trimmed outputs with only the fields ``get`` asks for;
 3. finiteness of inputs and outputs (`overflow`), returned as values and
@@ -116,12 +117,16 @@ def _guard(out, get: Optional[tuple], check: Optional[tuple] = None):
           out, is_leaf=lambda l: isinstance(l, Kernel)), kernels), ok
 
 
-def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int]) -> Kernel:
+def _finish(kk: Kernel, get: Optional[tuple], n: Optional[int],
+            mirror: bool = False) -> Kernel:
   """An output kernel as the user sees it: unpacked and trimmed to the ``n``
-  samples (see `packing`), a dense ``ntk``, no layout fields of the
-  computation, and only the fields ``get`` asks for."""
+  samples (see `packing`) or, with ``mirror``, an ``x2=None`` kernel of the
+  whole grid made exactly symmetric; a dense ``ntk``, no layout fields of
+  the computation, and only the fields ``get`` asks for."""
   if kk.packed:
     kk = packing.trim_rows(packing.unpack(kk), n)
+  elif mirror:
+    kk = packing.mirror(kk)
   kk = kk.replace(row_offset=None)
   if kk.ntk is not None and jnp.ndim(kk.ntk) == 0:
     kk = kk.replace(ntk=jnp.broadcast_to(kk.ntk, kk.nngp.shape))
@@ -408,18 +413,21 @@ class KernelFn:
     # Pairs (i, j) independent of each other, and plain arrays in layout 0.
     pairwise = (reqs.packable and diagonal_batch and mask_constant is None
                 and not dynamic and reqs.batch_axis in (None, 0))
-    packable = (pairwise and x2 is None and _is_array(x1) and
-                x1.shape[0] > 1)
-    row_chunk = None
-    if pairwise and x2 is not None and _is_array(x1) and _is_array(x2):
-      row_chunk = chunking.choose_rows(
-          x1.shape[0], x2.shape[0] * self._pair_entries(x1, diagonal_spatial),
-          jnp.dtype(jnp.result_type(x1.dtype, float)).itemsize)
+    packable, mirror, row_chunk = False, False, None
+    if pairwise and _is_array(x1) and (x2 is None or _is_array(x2)):
+      entries = self._pair_entries(x1, diagonal_spatial)
+      itemsize = jnp.dtype(jnp.result_type(x1.dtype, float)).itemsize
+      if x2 is None:
+        packable = packing.worth_packing(x1.shape[0], entries, itemsize)
+        mirror = not packable
+      else:
+        row_chunk = chunking.choose_rows(
+            x1.shape[0], x2.shape[0] * entries, itemsize)
     config = StaticArgs(dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
-        packable=bool(packable), row_chunk=row_chunk, check_layers=False,
-        rerun=None,
+        packable=bool(packable), mirror=mirror, row_chunk=row_chunk,
+        check_layers=False, rerun=None,
         static=tuple(sorted(static.items()))))
     return config, dynamic
 
@@ -495,6 +503,7 @@ class KernelFn:
     flags = FlagRecorder(enabled=c["check_layers"])
     out = self.apply(k, flags, **dict(c["static"]), **dynamic)
     out, ok = _guard(out, c["get"], c.get("check"))
-    out = jax.tree_util.tree_map(lambda kk: _finish(kk, c["get"], n), out,
+    out = jax.tree_util.tree_map(
+        lambda kk: _finish(kk, c["get"], n, c["mirror"]), out,
                                  is_leaf=lambda l: isinstance(l, Kernel))
     return out, flags.result(), ok

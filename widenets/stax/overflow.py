@@ -127,7 +127,11 @@ def all_finite(tree, mask=None):
     if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
       if mask is not None:
         leaf = mask(leaf)
-      ok = ok & jnp.all(jnp.isfinite(leaf))
+      # x * 0 is 0 for finite x and NaN otherwise, and a sum of zeros is
+      # exactly 0: the same answer as all(isfinite(x)), but a float sum
+      # XLA fuses into the kernel that produces x, where a boolean
+      # reduction is a kernel of its own to compile (ISSUE15.md, section 10).
+      ok = ok & jnp.isfinite(jnp.sum(leaf * 0))
   return ok
 
 

@@ -20,11 +20,24 @@ import numpy as np
 
 from ..kernel import Kernel
 
-__all__ = ["MAX_BLOCKS", "block_layout", "block_pairs", "pair_table",
+__all__ = ["MAX_BLOCKS", "MIN_PACKED_BYTES", "worth_packing", "block_layout", "block_pairs", "pair_table",
            "packed_geometry", "diagonal_block_positions", "pad_rows", "pack",
-           "unpack", "trim_rows", "swap_spatial_pairs"]
+           "unpack", "trim_rows", "mirror", "swap_spatial_pairs"]
 
 MAX_BLOCKS = 32
+# Up to this many bytes of one whole (N, N) + S intermediate an x2=None
+# kernel is computed on the whole grid: the packed layout's gathers and
+# padding add distinct kernels to XLA's compile of every call, more than
+# they save at run time on a small problem (benchmarks/ISSUE15.md, section
+# 10). Shapes and dtypes only, so a call under an outer jax.jit takes the
+# same branch.
+MIN_PACKED_BYTES = 2 ** 18
+
+
+def worth_packing(n: int, pair_elems: int, itemsize: int) -> bool:
+  """Whether ``n`` samples run packed: ``pair_elems`` entries per pair of
+  samples (the spatial covariances), ``itemsize`` bytes each."""
+  return n > 1 and n * n * pair_elems * itemsize > MIN_PACKED_BYTES
 
 
 def block_layout(n: int) -> tuple:
@@ -131,6 +144,23 @@ def unpack(k: Kernel) -> Kernel:
     return out.reshape((n_blocks * b, n_blocks * b) + rest)
 
   return k.replace(nngp=full(k.nngp), ntk=full(k.ntk), packed=False)
+
+
+def mirror(k: Kernel) -> Kernel:
+  """An ``x2=None`` kernel computed on the whole grid (a small one, see
+  `worth_packing`), exactly symmetric as an unpacked one is: ``K[j, i]``
+  for ``i < j`` is ``K[i, j]`` with spatial pairs swapped (round-off of the
+  two triangles can differ by an ulp)."""
+  below = np.tri(k.nngp.shape[0], k=-1, dtype=bool)
+
+  def full(p):
+    if p is None or jnp.ndim(p) == 0:
+      return p
+    mask = jnp.asarray(below.reshape(below.shape + (1,) * (p.ndim - 2)))
+    mirrored = jnp.swapaxes(swap_spatial_pairs(p, 2, k.diagonal_spatial), 0, 1)
+    return jnp.where(mask, mirrored, p)
+
+  return k.replace(nngp=full(k.nngp), ntk=full(k.ntk))
 
 
 def trim_rows(k: Kernel, n: int) -> Kernel:

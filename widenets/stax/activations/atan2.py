@@ -19,7 +19,12 @@ range, tested in tests/stax/test_atan2.py; subnormal inputs count as zero,
 as they do for XLA's CPU ``atan2``.
 
 Other dtypes (float64 above all) use `jax.numpy.arctan2`: the approximation is
-only float32-accurate. The derivative is the exact one,
+only float32-accurate. So do small float32 arrays (at most `XLA_UP_TO`
+entries): there XLA's own ``atan2`` costs little per call, while ours adds
+kernels to XLA's compile of every program it appears in (about 0.1 CPU s of
+a 2-layer ReLU kernel's first call; benchmarks/ISSUE15.md, section 10). The
+choice depends on the shape only, so it is the same under an outer
+``jax.jit``. The derivative is the exact one,
 ``(x dy - y dx) / (x**2 + y**2)``, not the approximation's.
 """
 from __future__ import annotations
@@ -30,7 +35,12 @@ import numpy as np
 
 from ..lax_ops import select, signbit, unit_sign
 
-__all__ = ["atan2"]
+__all__ = ["atan2", "XLA_UP_TO"]
+
+# Up to this many entries a float32 atan2 is XLA's (see the module docstring):
+# XLA's is ~16 ns per entry here against ~1 for ours, i.e. at most 0.5 ms
+# per layer below this size.
+XLA_UP_TO = 2 ** 15
 
 _TAN_PI_8 = 0.41421356237309503
 # atan(u) ~ u P(z) / Q(z), z = u**2, on |u| <= tan(pi / 8): a (2, 2) rational
@@ -105,7 +115,8 @@ def atan2(y: jax.Array, x: jax.Array) -> jax.Array:
   """
   y, x = jnp.asarray(y), jnp.asarray(x)
   dtype = jnp.result_type(y, x)
-  if dtype == jnp.float32:
+  if (dtype == jnp.float32
+      and np.prod(jnp.broadcast_shapes(y.shape, x.shape)) > XLA_UP_TO):
     return _atan2_float32(y.astype(dtype), x.astype(dtype))
   return jnp.arctan2(y, x)
 
