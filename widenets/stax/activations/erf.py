@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
+from .. import lax_ops
 from ..sharing import hyperparameters
 from .atan2 import atan2
 from .base import elementwise_layer, safe_sqrt
@@ -24,6 +25,13 @@ def erf_rule(a: float, b: float, c: float):
   b2 = b**2
 
   def pair_rule(cov, var1, var2, ntk):
+    # Cauchy-Schwarz, |cov| <= sqrt(var1 var2), against round-off: in a
+    # chaotic deep network (large W_std) a correlation a few ulps above 1
+    # grows layer by layer until the root below vanishes and the NTK is
+    # infinite. Only strictly beyond the bound: at |cov| == bound (the
+    # diagonal) derivatives go through cov as before.
+    bound = safe_sqrt(var1 * var2)
+    cov = lax_ops.select(jnp.abs(cov) > bound, jnp.sign(cov) * bound, cov)
     prod = (1 + 2 * b2 * var1) * (1 + 2 * b2 * var2)
     root = safe_sqrt(prod - 4 * (b2 * cov)**2)
     new = a**2 * (2 / jnp.pi) * atan2(2 * b2 * cov, root) + c**2
