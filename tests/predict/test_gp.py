@@ -119,10 +119,12 @@ def test_get_conventions(problem):
              problem["kernel_fn"](problem["x_test"], None))
   np.testing.assert_allclose(out_k.covariance, both.ntk.covariance,
                              rtol=1e-5, atol=1e-6)
-  # Arrays for k_train_train work for a single kernel kind.
+  # Arrays for k_train_train work for a single kernel kind. The mean alone
+  # and the mean with a covariance are different code paths: they agree to
+  # the float32 solve's round-off (condition ~650 here, x eps ~ 4e-5).
   pa = predict.gp_inference(problem["k_dd"].nngp, problem["y_train"], 1e-3)
   np.testing.assert_allclose(pa("nngp", problem["k_td"].nngp),
-                             both.nngp.mean, rtol=1e-5, atol=1e-6)
+                             both.nngp.mean, rtol=1e-4, atol=5e-5)
 
 
 def test_train_set_predictions(problem):

@@ -18,19 +18,24 @@ def _problem(n, m=7, c=2, seed=0):
   return (k[:n, :n], k[n:, :n], rs.randn(n, c).astype(np.float32))
 
 
-def test_first_prediction_is_one_program():
+@pytest.mark.parametrize("on_host", [True, False])
+def test_first_prediction_is_one_program(monkeypatch, on_host):
+  # Small concrete CPU problems are factored and solved in NumPy / SciPy (no
+  # program); otherwise factor, solve and product are one program.
+  if not on_host:
+    monkeypatch.setattr(solvers, "HOST_SOLVE_SIZE", -1)
   # Programs compiled once per process (scalar helpers) are compiled here.
   k_dd, k_td, y = _problem(19)
   predict.gp_inference(jax.device_put(k_dd), y, diag_reg=1e-3)(
       "nngp", jax.device_put(k_td))
   # A size no other test uses: nothing is cached yet.
-  n = 23
+  n = 23 if on_host else 24
   k_dd, k_td, y = _problem(n)
   k_dd, k_td = jax.device_put(k_dd), jax.device_put(k_td)
   with count_compiles() as seen:
     mean = predict.gp_inference(k_dd, y, diag_reg=1e-3)("nngp", k_td)
     jax.block_until_ready(mean)
-  assert len(seen) == 1, seen
+  assert len(seen) == (0 if on_host else 1), seen
   expected = np.asarray(k_td) @ np.linalg.solve(
       np.asarray(k_dd) + 1e-3 * np.trace(k_dd) / n * np.eye(n), y)
   np.testing.assert_allclose(mean, expected, rtol=2e-3, atol=2e-4)
@@ -57,3 +62,28 @@ def test_small_jit_uses_the_plain_program_under_an_outer_trace():
       jnp.linalg.cholesky(k + jnp.eye(12)), y, k_td, k_td @ k_td.T))(k_dd)
   for d, t in zip(direct, traced):
     np.testing.assert_allclose(d, t, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_and_compiled_solves_agree(monkeypatch, dtype):
+  # The NumPy / SciPy path and the compiled one: same LAPACK factorization,
+  # round-off apart in the solve; failures are NaN in both.
+  k_dd, k_td, y = _problem(30)
+  chol = solvers.Cholesky(on_failure="nan")
+  with _common.precision(dtype):
+    a = jnp.asarray(k_dd, dtype)
+    host = chol.factor_solve(a, 1e-4, False, y, jnp.asarray(k_td, dtype))
+    monkeypatch.setattr(solvers, "HOST_SOLVE_SIZE", -1)
+    xla = chol.factor_solve(a, 1e-4, False, y, jnp.asarray(k_td, dtype))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(host[0].chol, xla[0].chol, rtol=tol, atol=tol)
+    for h, x in zip(host[1:], xla[1:]):
+      assert h.dtype == x.dtype == dtype
+      np.testing.assert_allclose(h, x, rtol=tol, atol=tol)
+    monkeypatch.setattr(solvers, "HOST_SOLVE_SIZE", 1 << 22)
+    bad = -jnp.eye(30, dtype=dtype)
+    f_host = chol.factor(bad, 0.0, True)
+    monkeypatch.setattr(solvers, "HOST_SOLVE_SIZE", -1)
+    f_xla = chol.factor(bad, 0.0, True)
+    assert np.isnan(np.asarray(f_host.solve(y))).all()
+    assert np.isnan(np.asarray(f_xla.solve(y))).all()

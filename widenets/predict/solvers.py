@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import is_concrete, precision, small_jit, to_2d
+from ._common import as_array, is_concrete, precision, small_jit, to_2d
 from .cg import CG
 
 __all__ = ["Cholesky", "Factor", "Eigen", "check_psd", "PSDReport",
@@ -81,6 +81,54 @@ def _factor_solve(a, diag_reg, absolute: bool, b, apply, out_dtype):
   parts = _factor_parts(a, diag_reg, absolute)
   x = jax.scipy.linalg.cho_solve((parts[3], True), b).astype(out_dtype)
   return parts + (x, None if apply is None else apply @ x)
+
+
+# Up to this many entries in the kernel, a concrete factor-and-solve on the
+# CPU runs in NumPy / SciPy: the same LAPACK routines XLA calls on CPU, and
+# no program to compile per training-set size (~0.15-0.2 CPU s each with
+# JAX 0.10, most of a learning curve's predict time; benchmarks/ISSUE15.md,
+# section 10).
+HOST_SOLVE_SIZE = 1 << 22
+
+
+def _on_host(*arrays) -> bool:
+  """Whether every array is concrete and on the CPU (NumPy or a CPU
+  `jax.Array`), with at most `HOST_SOLVE_SIZE` entries."""
+  for x in arrays:
+    if x is None or isinstance(x, (bool, int, float, np.generic)):
+      continue
+    if isinstance(x, jax.Array):
+      if not is_concrete(x) or any(d.platform != "cpu" for d in x.devices()):
+        return False
+    elif not isinstance(x, np.ndarray):
+      return False
+    if np.size(x) > HOST_SOLVE_SIZE:
+      return False
+  return True
+
+
+def _factor_host(a: np.ndarray, diag_reg, absolute: bool) -> tuple:
+  """`_factor_parts` in NumPy (see `HOST_SOLVE_SIZE`): the same tuple, as
+  NumPy values; a failed factorization is NaN, as in XLA."""
+  n = a.shape[0]
+  trace = np.trace(a)
+  scale = (np.abs(trace / n) + np.finfo(a.dtype).tiny).astype(a.dtype)
+  reg = np.asarray(diag_reg if absolute else diag_reg * trace / n, a.dtype)
+  try:
+    # Reads the lower triangle only, as `regularized_cholesky` does.
+    chol = np.linalg.cholesky(a + reg * np.eye(n, dtype=a.dtype))
+  except np.linalg.LinAlgError:
+    chol = np.full_like(a, np.nan)
+  return np.isfinite(a).all(), scale, reg, chol, np.isfinite(chol).all()
+
+
+def _cho_solve_host(chol: np.ndarray, b) -> np.ndarray:
+  """``cho_solve`` in SciPy; NaN (as in XLA) if the factor is not finite."""
+  import scipy.linalg  # a dependency of jax itself
+  b = np.asarray(b, chol.dtype)
+  if not np.isfinite(chol).all():
+    return np.full(b.shape, np.nan, chol.dtype)
+  return scipy.linalg.cho_solve((chol, True), b, check_finite=False)
 
 
 @small_jit
@@ -145,6 +193,10 @@ class Cholesky:
     """Factorizes ``K + r I`` (``k2d`` is the flat ``(n, n)`` kernel)."""
     k2d, dtype = self._dense(k2d)
     with precision(dtype):
+      if _on_host(k2d, diag_reg):
+        a = np.asarray(k2d, dtype)
+        parts = tuple(map(as_array, _factor_host(a, diag_reg, bool(absolute))))
+        return self._finish(as_array(a), parts, diag_reg, k2d.dtype)
       a = jnp.asarray(k2d, dtype)
       # One compiled call for the checks, the regularizer and the factor:
       # separate eager ops each held an (n, n) buffer and a compiled program.
@@ -160,9 +212,16 @@ class Cholesky:
     k2d, dtype = self._dense(k2d)
     out_dtype = np.dtype(k2d.dtype)
     with precision(dtype):
-      a = jnp.asarray(k2d, dtype)
-      parts = _factor_solve(a, diag_reg, bool(absolute),
-                            jnp.asarray(b, dtype), apply, out_dtype)
+      if _on_host(k2d, b, apply, diag_reg):
+        parts = _factor_host(np.asarray(k2d, dtype), diag_reg, bool(absolute))
+        x = _cho_solve_host(parts[3], b).astype(out_dtype)
+        parts += (x, None if apply is None else np.asarray(apply) @ x)
+        parts = tuple(None if p is None else as_array(p) for p in parts)
+        a = as_array(np.asarray(k2d, dtype))
+      else:
+        a = jnp.asarray(k2d, dtype)
+        parts = _factor_solve(a, diag_reg, bool(absolute),
+                              jnp.asarray(b, dtype), apply, out_dtype)
       factor = self._finish(a, parts[:5], diag_reg, out_dtype)
     if factor.chol is parts[3] and is_concrete(parts[4]):
       return factor, parts[5], parts[6]
@@ -263,6 +322,9 @@ class Factor:
 
   def solve(self, b: jax.Array) -> jax.Array:
     with precision(self.dtype):
+      if _on_host(self.chol, b):
+        return as_array(_cho_solve_host(np.asarray(self.chol), b).astype(
+            self.out_dtype))
       return _cho_solve(self.chol, jnp.asarray(b, self.dtype)).astype(
           self.out_dtype)
 
