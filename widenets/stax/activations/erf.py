@@ -12,6 +12,7 @@ stays accurate when the correlation approaches +-1.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
@@ -28,10 +29,12 @@ def erf_rule(a: float, b: float, c: float):
     # Cauchy-Schwarz, |cov| <= sqrt(var1 var2), against round-off: in a
     # chaotic deep network (large W_std) a correlation a few ulps above 1
     # grows layer by layer until the root below vanishes and the NTK is
-    # infinite. Only strictly beyond the bound: at |cov| == bound (the
-    # diagonal) derivatives go through cov as before.
+    # infinite. The value only: derivatives stay those of cov (where x1 and
+    # x2 coincide, round-off puts cov on either side of the bound, and the
+    # bound's derivatives are not cov's).
     bound = safe_sqrt(var1 * var2)
-    cov = lax_ops.select(jnp.abs(cov) > bound, jnp.sign(cov) * bound, cov)
+    held = lax_ops.select(jnp.abs(cov) > bound, jnp.sign(cov) * bound, cov)
+    cov = cov + jax.lax.stop_gradient(held - cov)
     prod = (1 + 2 * b2 * var1) * (1 + 2 * b2 * var2)
     root = safe_sqrt(prod - 4 * (b2 * cov)**2)
     new = a**2 * (2 / jnp.pi) * atan2(2 * b2 * cov, root) + c**2
