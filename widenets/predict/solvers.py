@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import dataclasses
+import importlib.util
 import warnings
 from typing import Any, Optional
 
@@ -91,9 +92,18 @@ def _factor_solve(a, diag_reg, absolute: bool, b, apply, out_dtype):
 HOST_SOLVE_SIZE = 1 << 22
 
 
+@functools.lru_cache(maxsize=None)
+def _has_scipy() -> bool:
+  # Installed with jax itself; checked rather than assumed.
+  return importlib.util.find_spec("scipy") is not None
+
+
 def _on_host(*arrays) -> bool:
   """Whether every array is concrete and on the CPU (NumPy or a CPU
-  `jax.Array`), with at most `HOST_SOLVE_SIZE` entries."""
+  `jax.Array`), with at most `HOST_SOLVE_SIZE` entries (and SciPy is
+  installed)."""
+  if not _has_scipy():
+    return False
   for x in arrays:
     if x is None or isinstance(x, (bool, int, float, np.generic)):
       continue
