@@ -108,3 +108,21 @@ def test_whole_and_packed_x2_none_agree(monkeypatch, n):
     a, b = np.asarray(a), np.asarray(b)
     np.testing.assert_array_equal(a, a.T)
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_whole_grid_mirror_swaps_spatial_pairs(monkeypatch):
+  # A small x2=None conv kernel with full spatial covariances runs on the
+  # whole grid; the mirrored lower triangle is K[j, i] with spatial pairs
+  # swapped, as the packed layout's.
+  x = np.random.RandomState(0).randn(3, 3, 2, 2).astype(np.float32)
+  kernel_fn = stax.serial(stax.Conv(8, (2, 2), padding="SAME"), stax.Relu(),
+                          stax.Conv(8, (2, 2), padding="SAME"))[2]
+  assert not packing.worth_packing(3, (3 * 2) ** 2, 4)
+  whole = np.asarray(kernel_fn(x, None, "nngp"))
+  full = np.asarray(kernel_fn(x, x, "nngp"))
+  monkeypatch.setattr(packing, "MIN_PACKED_BYTES", 0)
+  packed = np.asarray(kernel_fn(x, None, "nngp"))
+  assert whole.shape == (3, 3, 3, 3, 2, 2)
+  np.testing.assert_array_equal(whole, whole.transpose(1, 0, 3, 2, 5, 4))
+  np.testing.assert_allclose(whole, packed, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(whole, full, rtol=2e-5, atol=1e-6)
