@@ -32,12 +32,12 @@ _SLOW = (
 
 
 @pytest.fixture
-def packed_small(monkeypatch):
-  """x2=None calls run packed at any size: small ones run on the whole grid
-  by default (`packing.MIN_PACKED_BYTES`), and the tests that check the
-  packed layout use small inputs."""
-  from widenets.stax import packing
-  monkeypatch.setattr(packing, "MIN_PACKED_BYTES", 0)
+def packed_small():
+  """x2=None calls run packed at any size (`tests.stax.mc.packed_x2_none`):
+  the tests that check the packed layout use small inputs."""
+  from tests.stax.mc import packed_x2_none
+  with packed_x2_none():
+    yield
 
 
 def pytest_collection_modifyitems(config, items):

@@ -125,8 +125,8 @@ def check_against_mc(net, x1, x2, n_samples: int = 32, tol: float = 0.05,
   """Asserts the analytic kernels of ``net`` match Monte Carlo.
 
   Checks ``kernel_fn(x1, None)`` (packed: `packed_x2_none`) against the
-  ``x1 x1`` block and ``kernel_fn(x1, x2)`` against the ``x1 x2`` block of one Monte-Carlo
-  estimate on ``concat(x1, x2)``, for the NNGP and (if ``ntk``) the NTK.
+  ``x1 x1`` block and ``kernel_fn(x1, x2)`` against the ``x1 x2`` block of
+  one Monte-Carlo estimate on ``concat(x1, x2)``, for the NNGP and (if ``ntk``) the NTK.
   Returns the relative errors (for debugging).
   """
   init_fn, apply_fn, kernel_fn = net

@@ -223,11 +223,12 @@ class Cholesky:
     out_dtype = np.dtype(k2d.dtype)
     with precision(dtype):
       if _on_host(k2d, b, apply, diag_reg):
-        parts = _factor_host(np.asarray(k2d, dtype), diag_reg, bool(absolute))
+        a = np.asarray(k2d, dtype)
+        parts = _factor_host(a, diag_reg, bool(absolute))
         x = _cho_solve_host(parts[3], b).astype(out_dtype)
         parts += (x, None if apply is None else np.asarray(apply) @ x)
         parts = tuple(None if p is None else as_array(p) for p in parts)
-        a = as_array(np.asarray(k2d, dtype))
+        a = as_array(a)
       else:
         a = jnp.asarray(k2d, dtype)
         parts = _factor_solve(a, diag_reg, bool(absolute),

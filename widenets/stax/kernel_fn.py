@@ -505,5 +505,5 @@ class KernelFn:
     out, ok = _guard(out, c["get"], c.get("check"))
     out = jax.tree_util.tree_map(
         lambda kk: _finish(kk, c["get"], n, c["mirror"]), out,
-                                 is_leaf=lambda l: isinstance(l, Kernel))
+        is_leaf=lambda l: isinstance(l, Kernel))
     return out, flags.result(), ok
