@@ -6,12 +6,14 @@ import jax
 
 @contextlib.contextmanager
 def count_compiles():
-  """Yields a list that collects one entry per backend compile inside."""
+  """Yields a list that collects one entry per backend compile inside: the
+  compiled function's name (JAX's ``fun_name``; the event's name if
+  absent)."""
   seen = []
 
   def listener(event, duration, **kwargs):
     if "backend_compile" in event:
-      seen.append(event)
+      seen.append(str(kwargs.get("fun_name", event)))
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:

@@ -87,3 +87,57 @@ def test_host_and_compiled_solves_agree(monkeypatch, dtype):
     f_xla = chol.factor(bad, 0.0, True)
     assert np.isnan(np.asarray(f_host.solve(y))).all()
     assert np.isnan(np.asarray(f_xla.solve(y))).all()
+
+
+def _ensemble_setup(dtype, seed=0):
+  """A kernel function over 1-d inputs (an RBF NNGP, an NTK a little
+  larger), 9 training and 6 test points."""
+  rs = np.random.RandomState(seed)
+  x_train = rs.randn(9, 1).astype(dtype)
+  x_test = rs.randn(6, 1).astype(dtype)
+
+  class K:
+    def __init__(self, nngp, ntk):
+      self.nngp, self.ntk = nngp, ntk
+
+  def kernel_fn(x1, x2=None, get=None, **_):
+    x2 = x1 if x2 is None else x2
+    nngp = jnp.exp(-0.5 * (x1 - x2.T) ** 2)
+    out = K(nngp, 1.5 * nngp + 0.2)
+    return getattr(out, get) if isinstance(get, str) else out
+
+  return kernel_fn, x_train, rs.randn(9, 2).astype(dtype), x_test
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("t", [None, "times"])
+def test_host_and_compiled_posteriors_agree(monkeypatch, dtype, t):
+  # Posterior covariances (infinite time: Cholesky; finite times:
+  # eigendecomposition and moments) in NumPy / SciPy and compiled: the
+  # same numbers up to round-off (a well-conditioned kernel: float32
+  # round-off grows with the condition number), for both kernels and with
+  # or without test points.
+  with _common.precision(dtype):
+    kernel_fn, x_train, y_train, x_test = _ensemble_setup(dtype)
+    ts = None if t is None else jnp.asarray([0., 0.5, 3., 100.], dtype)
+
+    def run():
+      predict_fn = predict.gradient_descent_mse_ensemble(
+          kernel_fn, x_train, y_train, diag_reg=1e-2)
+      return [predict_fn(t=ts, x_test=x, get=g, compute_cov=True)
+              for g in ("nngp", "ntk") for x in (x_test, None)]
+
+    with count_compiles() as host_programs:
+      host = run()
+    monkeypatch.setattr(solvers, "HOST_SOLVE_SIZE", -1)
+    xla = run()
+  tol = 2e-4 if dtype == np.float32 else 1e-9
+  for h, x in zip(host, xla):
+    for a, b in zip(h, x):
+      assert a.dtype == b.dtype == dtype
+      np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+  # The host path compiles none of predict's own programs.
+  names = " ".join(str(p) for p in host_programs)
+  for name in ("_gp_posterior", "_ntk_posterior", "_eigh",
+               "_ensemble_moments", "_factor"):
+    assert name not in names, names

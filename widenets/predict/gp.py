@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import large, solvers
 from . import validation
@@ -184,12 +185,16 @@ def _posterior(g, factors, alpha, k_train_train, k_test_train,
       # The mean as in the mean-only path (k_td @ cached alpha), so both
       # give the same numbers.
       a = cast(alpha_kind)
-      if g in ("nngp", "ntkgp"):
-        mean, cov = _gp_posterior(factor.chol, a, cast(k_td), cast(k_tt))
-      else:
-        mean, cov = _ntk_posterior(factor.chol, a,
-                                   cast(factors.matrix("nngp")), cast(k_td),
-                                   cast(k_td_init), cast(k_tt))
+      args = (factor.chol, a, k_td, k_tt) if g in ("nngp", "ntkgp") else (
+          factor.chol, a, factors.matrix("nngp"), k_td, k_td_init, k_tt)
+      if solvers.on_host(*args):
+        # Small and concrete: NumPy / SciPy, no program per shape.
+        host = _gp_posterior_host if len(args) == 4 else _ntk_posterior_host
+        mean, cov = host(*(np.asarray(x, factor.dtype) for x in args))
+        return (as_array(mean.astype(factor.out_dtype)),
+                as_array(cov.astype(factor.out_dtype)))
+      posterior = _gp_posterior if len(args) == 4 else _ntk_posterior
+      mean, cov = posterior(*map(cast, args))
       return mean.astype(factor.out_dtype), cov.astype(factor.out_dtype)
   mean = k_td @ alpha_kind
   if g in ("nngp", "ntkgp"):
@@ -224,6 +229,20 @@ def _gp_posterior(chol, alpha, k_td, k_tt):
 @small_jit
 def _ntk_posterior(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
   term_1 = jax.scipy.linalg.cho_solve((chol, True), k_td.T)
+  return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
+
+
+def _gp_posterior_host(chol, alpha, k_td, k_tt):
+  """`_gp_posterior` on NumPy arrays (SciPy's triangular solve)."""
+  import scipy.linalg  # a dependency of jax itself
+  v = scipy.linalg.solve_triangular(chol, k_td.T, lower=True,
+                                    check_finite=False)
+  return k_td @ alpha, k_tt - v.T @ v
+
+
+def _ntk_posterior_host(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
+  """`_ntk_posterior` on NumPy arrays."""
+  term_1 = solvers.cho_solve_host(chol, k_td.T)
   return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import large, solvers, validation
 from ._common import (ArrayOrScalar, Axes, Layout, as_array,
@@ -46,18 +47,20 @@ from .gp import Gaussian, gp_inference
 __all__ = ["gradient_descent_mse", "gradient_descent_mse_ensemble"]
 
 
-def _decay(evals: jax.Array, tau: jax.Array) -> jax.Array:
-  """``exp(-lambda tau)`` for ``lambda > 0``, else 1; shape ``(T, n)``."""
+def _decay(evals: jax.Array, tau: jax.Array, xp=jnp) -> jax.Array:
+  """``exp(-lambda tau)`` for ``lambda > 0``, else 1; shape ``(T, n)``.
+  ``xp``: `jax.numpy`, or NumPy for the host path."""
   pos = evals > 0
-  lam = jnp.where(pos, evals, 0.)
-  return jnp.where(pos[None], jnp.exp(-lam[None] * tau[:, None]), 1.)
+  lam = xp.where(pos, evals, 0.)
+  return xp.where(pos[None], xp.exp(-lam[None] * tau[:, None]), 1.)
 
 
-def _phi(evals: jax.Array, tau: jax.Array) -> jax.Array:
+def _phi(evals: jax.Array, tau: jax.Array, xp=jnp) -> jax.Array:
   """``(1 - exp(-lambda tau)) / lambda`` for ``lambda > 0``, else 0."""
   pos = evals > 0
-  lam = jnp.where(pos, evals, 1.)
-  return jnp.where(pos[None], -jnp.expm1(-lam[None] * tau[:, None]) / lam[None], 0.)
+  lam = xp.where(pos, evals, 1.)
+  return xp.where(pos[None], -xp.expm1(-lam[None] * tau[:, None]) / lam[None],
+                  0.)
 
 
 def _lead(x: jax.Array, t_shape: tuple) -> jax.Array:
@@ -358,13 +361,7 @@ def gradient_descent_mse_ensemble(
     for g in names:
       eig = eigen(g, to_2d(k_dd[g]))
       with eig.context():
-        mean, cov = _ensemble_moments(
-            g, eig.evecs, eig.evals, tau, eig.cast(y2),
-            {k: eig.cast(to_2d(v)) for k, v in k_dd.items()},
-            None if k_td is None else
-            {k: eig.cast(to_2d(v)) for k, v in k_td.items()},
-            None if nngp_tt is None or nngp_tt is True else
-            eig.cast(to_2d(nngp_tt)), nngp_tt is not None)
+        mean, cov = _moments_of(g, eig, tau, y2, k_dd, k_td, nngp_tt)
       shape = layout.kernel_shape if k_td is None else \
           first_kernel(k_td[g]).shape[::2]
       mean = layout.unflatten(mean.astype(eig.out_dtype), shape)
@@ -377,6 +374,28 @@ def gradient_descent_mse_ensemble(
     return pack_get(out, get, single)
 
   return predict_fn
+
+
+def _moments_of(g, eig, tau, y2, k_dd, k_td, nngp_tt) -> tuple:
+  """`_moments` of ``g`` from its eigendecomposition ``eig``: in NumPy when
+  every array is small, concrete and on the CPU (no program per shape, as
+  `solvers.on_host`), else compiled."""
+  compute_cov = nngp_tt is not None
+  nngp_tt = None if nngp_tt is None or nngp_tt is True else to_2d(nngp_tt)
+  k_dd = {k: to_2d(v) for k, v in k_dd.items()}
+  k_td = None if k_td is None else {k: to_2d(v) for k, v in k_td.items()}
+  m = eig.evecs.shape[0] if k_td is None else k_td[g].shape[0]
+  out_size = np.size(tau) * m * max(m if compute_cov else 1, np.size(y2))
+  arrays = (eig.evecs, eig.evals, tau, y2, k_dd, k_td, nngp_tt)
+  leaves = jax.tree_util.tree_leaves(arrays)
+  if out_size <= solvers.HOST_SOLVE_SIZE and solvers.on_host(*leaves):
+    host = jax.tree_util.tree_map(lambda x: np.asarray(x, eig.dtype), arrays)
+    host = host[:2] + (np.asarray(tau),) + host[3:]  # tau keeps its dtype
+    mean, cov = _moments(np, g, *host, compute_cov)
+    return as_array(mean), None if cov is None else as_array(cov)
+  cast = lambda tree: jax.tree_util.tree_map(eig.cast, tree)
+  return _ensemble_moments(g, eig.evecs, eig.evals, tau, *map(cast, arrays[3:]),
+                           compute_cov)
 
 
 def _call(kernel_fn, x1, x2, get: tuple, kwargs: dict) -> dict:
@@ -398,38 +417,46 @@ class _Pair:
 
 @functools.partial(small_jit, static_argnames=("g", "compute_cov"))
 def _ensemble_moments(g, v, lam, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
+  """`_moments` in one compiled program (per shapes and ``g``): run eagerly,
+  its dozen einsums and elementwise steps each compiled a program of their
+  own."""
+  return _moments(jnp, g, v, lam, tau, y2, k_dd, k_td, nngp_tt, compute_cov)
+
+
+def _moments(xp, g, v, lam, tau, y2, k_dd, k_td, nngp_tt, compute_cov):
   """Flat mean ``(T, m, c)`` and covariance ``(T, m, m)`` (or None).
 
   ``v``, ``lam``: eigenvectors and eigenvalues of the train-train ``g``
-  kernel. One compiled program (per shapes and ``g``): run eagerly, its
-  dozen einsums and elementwise steps each compiled a program of their own.
+  kernel; ``xp``: `jax.numpy`, or NumPy on NumPy arrays (the host path).
   """
+  einsum = functools.partial(xp.einsum, optimize=True)
   proj = v.T @ y2                                               # (n, c)
-  phi = _phi(lam, tau)
+  phi = _phi(lam, tau, xp)
   if k_td is None:
-    mean = jnp.einsum("ij,tj,jc->tic", v, 1 - _decay(lam, tau), proj)
+    mean = einsum("ij,tj,jc->tic", v, 1 - _decay(lam, tau, xp), proj)
   else:
     a = k_td[g] @ v                                             # (m, n)
-    mean = jnp.einsum("mj,tj,jc->tmc", a, phi, proj)
+    mean = einsum("mj,tj,jc->tmc", a, phi, proj)
   if not compute_cov:
     return mean, None
 
   if k_td is None:
     if g == "nngp":
-      w = jnp.maximum(lam, 0.)[None] * _decay(lam, 2 * tau)
-      cov = jnp.einsum("ij,tj,kj->tik", v, w, v)
+      w = xp.maximum(lam, 0.)[None] * _decay(lam, 2 * tau, xp)
+      cov = einsum("ij,tj,kj->tik", v, w, v)
     else:
-      e = jnp.einsum("ij,tj,kj->tik", v, _decay(lam, tau), v)
+      e = einsum("ij,tj,kj->tik", v, _decay(lam, tau, xp), v)
       cov = e @ k_dd["nngp"] @ e
     return mean, cov
 
   if g == "nngp":
-    cov = nngp_tt[None] - jnp.einsum("mj,tj,lj->tml", a, _phi(lam, 2 * tau), a)
+    cov = nngp_tt[None] - einsum("mj,tj,lj->tml", a, _phi(lam, 2 * tau, xp),
+                                 a)
   else:
     # X_t = Theta^{-1}(I - e^{-Theta tau}) Theta_*^T, shape (T, n, m).
-    x = jnp.einsum("ij,tj,mj->tim", v, phi, a)
-    cov = jnp.swapaxes(x, 1, 2) @ (k_dd["nngp"] @ x)
+    x = einsum("ij,tj,mj->tim", v, phi, a)
+    cov = xp.swapaxes(x, 1, 2) @ (k_dd["nngp"] @ x)
     c = v.T @ k_td["nngp"].T                                    # (n, m)
-    term_2 = jnp.einsum("mj,tj,jl->tml", a, phi, c)
-    cov = cov - term_2 - jnp.swapaxes(term_2, 1, 2) + nngp_tt[None]
+    term_2 = einsum("mj,tj,jl->tml", a, phi, c)
+    cov = cov - term_2 - xp.swapaxes(term_2, 1, 2) + nngp_tt[None]
   return mean, cov

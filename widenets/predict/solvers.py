@@ -98,7 +98,7 @@ def _has_scipy() -> bool:
   return importlib.util.find_spec("scipy") is not None
 
 
-def _on_host(*arrays) -> bool:
+def on_host(*arrays) -> bool:
   """Whether every array is concrete and on the CPU (NumPy or a CPU
   `jax.Array`), with at most `HOST_SOLVE_SIZE` entries (and SciPy is
   installed)."""
@@ -132,7 +132,7 @@ def _factor_host(a: np.ndarray, diag_reg, absolute: bool) -> tuple:
   return np.isfinite(a).all(), scale, reg, chol, np.isfinite(chol).all()
 
 
-def _cho_solve_host(chol: np.ndarray, b) -> np.ndarray:
+def cho_solve_host(chol: np.ndarray, b) -> np.ndarray:
   """``cho_solve`` in SciPy; NaN (as in XLA) if the factor is not finite."""
   import scipy.linalg  # a dependency of jax itself
   b = np.asarray(b, chol.dtype)
@@ -203,7 +203,7 @@ class Cholesky:
     """Factorizes ``K + r I`` (``k2d`` is the flat ``(n, n)`` kernel)."""
     k2d, dtype = self._dense(k2d)
     with precision(dtype):
-      if _on_host(k2d, diag_reg):
+      if on_host(k2d, diag_reg):
         a = np.asarray(k2d, dtype)
         parts = tuple(map(as_array, _factor_host(a, diag_reg, bool(absolute))))
         return self._finish(as_array(a), parts, diag_reg, k2d.dtype)
@@ -222,10 +222,10 @@ class Cholesky:
     k2d, dtype = self._dense(k2d)
     out_dtype = np.dtype(k2d.dtype)
     with precision(dtype):
-      if _on_host(k2d, b, apply, diag_reg):
+      if on_host(k2d, b, apply, diag_reg):
         a = np.asarray(k2d, dtype)
         parts = _factor_host(a, diag_reg, bool(absolute))
-        x = _cho_solve_host(parts[3], b).astype(out_dtype)
+        x = cho_solve_host(parts[3], b).astype(out_dtype)
         parts += (x, None if apply is None else np.asarray(apply) @ x)
         parts = tuple(None if p is None else as_array(p) for p in parts)
         a = as_array(a)
@@ -333,8 +333,8 @@ class Factor:
 
   def solve(self, b: jax.Array) -> jax.Array:
     with precision(self.dtype):
-      if _on_host(self.chol, b):
-        return as_array(_cho_solve_host(np.asarray(self.chol), b).astype(
+      if on_host(self.chol, b):
+        return as_array(cho_solve_host(np.asarray(self.chol), b).astype(
             self.out_dtype))
       return _cho_solve(self.chol, jnp.asarray(b, self.dtype)).astype(
           self.out_dtype)
@@ -346,6 +346,19 @@ def _eigh(a: jax.Array, diag_reg, absolute: bool):
   reg = regularizer(a, diag_reg, absolute)
   evals, evecs = jnp.linalg.eigh(a + reg * jnp.eye(a.shape[0], dtype=a.dtype))
   return jnp.all(jnp.isfinite(a)), evals, evecs
+
+
+def _eigh_host(a: np.ndarray, diag_reg, absolute: bool) -> tuple:
+  """`_eigh` in NumPy (see `HOST_SOLVE_SIZE`): LAPACK's ``syevd``, as XLA's
+  CPU ``eigh``; the eigenpairs as device arrays."""
+  finite = bool(np.isfinite(a).all())
+  if not finite:
+    return finite, None, None
+  reg = diag_reg if absolute else diag_reg * np.trace(a) / a.shape[0]
+  evals, evecs = np.linalg.eigh(
+      a + np.asarray(reg, a.dtype) * np.eye(a.shape[0], dtype=a.dtype))
+  return finite, as_array(evals.astype(a.dtype)), as_array(
+      evecs.astype(a.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,10 +381,14 @@ class Eigen:
     out_dtype = k2d.dtype
     dtype = _compute_dtype(dtype, k2d.dtype)
     with precision(dtype):
-      a = jnp.asarray(k2d, dtype)
-      finite, evals, evecs = _eigh(a, diag_reg, bool(absolute))
+      if on_host(k2d, diag_reg):
+        finite, evals, evecs = _eigh_host(np.asarray(k2d, dtype), diag_reg,
+                                          bool(absolute))
+      else:
+        a = jnp.asarray(k2d, dtype)
+        finite, evals, evecs = _eigh(a, diag_reg, bool(absolute))
       if is_concrete(finite) and not bool(finite):
-        raise ValueError(f"The {a.shape} train-train kernel contains NaN or "
+        raise ValueError(f"The {k2d.shape} train-train kernel contains NaN or "
                          f"inf entries; check the inputs and the network.")
     return cls(evals, evecs, dtype, out_dtype)
 

@@ -25,7 +25,11 @@ conditional is also a fusion boundary: without it, when the flags are dead
 code (a traced call), XLA fuses the layers' elementwise NTK recursion into
 the gather that unpacks the ``(N, N)`` outputs, which is several times
 slower (see benchmarks/ISSUE15.md); so the direct and the traced call run
-the same program.
+the same program. Small calls (outputs of at most
+`packing.MIN_PACKED_BYTES`, on the whole grid) are checked after the
+mirror instead, with no boundary and, in a direct call, no conditional:
+their first call is mostly XLA compiling kernels, and this one has fewer
+(benchmarks/ISSUE15.md, section 11).
 """
 from __future__ import annotations
 
@@ -91,12 +95,13 @@ def _is_array(x) -> bool:
 _FIELDS = ("nngp", "ntk", "cov1", "cov2")
 
 
-def _guard(out, get: Optional[tuple], check: Optional[tuple] = None):
+def _guard(out, get: Optional[tuple], check: Optional[tuple] = None,
+           boundary: bool = True):
   """``(out, ok)``: ``ok`` whether the fields ``get`` asks for are finite in
-  every output kernel; ``out`` through ``lax.cond(ok, identity, NaN)``, or,
-  with ``check = (report, payload, inputs_ok)`` (a traced call), through
-  ``error_if(ok & inputs_ok, ...)``: ``report(*payload)`` raises on the
-  host."""
+  every output kernel; ``out`` through ``lax.cond(ok, identity, NaN)`` (a
+  fusion boundary; none without ``boundary``), or, with ``check = (report,
+  payload, inputs_ok)`` (a traced call), through ``error_if(ok & inputs_ok,
+  ...)``: ``report(*payload)`` raises on the host."""
   fields = _FIELDS if get is None else tuple(f for f in _FIELDS if f in get)
   kernels = jax.tree_util.tree_leaves(
       out, is_leaf=lambda l: isinstance(l, Kernel))
@@ -104,6 +109,8 @@ def _guard(out, get: Optional[tuple], check: Optional[tuple] = None):
             if getattr(kk, f) is not None and jnp.ndim(getattr(kk, f))}
            for kk in kernels]
   ok = all_finite(parts)
+  if check is None and not boundary:
+    return out, ok
   if check is None:
     nan = lambda p: jax.tree_util.tree_map(
         lambda a: jnp.full_like(a, jnp.nan), p)
@@ -413,20 +420,23 @@ class KernelFn:
     # Pairs (i, j) independent of each other, and plain arrays in layout 0.
     pairwise = (reqs.packable and diagonal_batch and mask_constant is None
                 and not dynamic and reqs.batch_axis in (None, 0))
-    packable, mirror, row_chunk = False, False, None
+    packable, mirror, row_chunk, small = False, False, None, False
     if pairwise and _is_array(x1) and (x2 is None or _is_array(x2)):
       entries = self._pair_entries(x1, diagonal_spatial)
       itemsize = jnp.dtype(jnp.result_type(x1.dtype, float)).itemsize
       if x2 is None:
         packable = packing.worth_packing(x1.shape[0], entries, itemsize)
-        mirror = not packable
+        mirror = small = not packable
       else:
         row_chunk = chunking.choose_rows(
             x1.shape[0], x2.shape[0] * entries, itemsize)
+        small = row_chunk is None and not packing.worth_packing(
+            max(x1.shape[0], x2.shape[0]), entries, itemsize)
     config = StaticArgs(dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
         packable=bool(packable), mirror=mirror, row_chunk=row_chunk,
+        small=small,
         check_layers=False, rerun=None,
         static=tuple(sorted(static.items()))))
     return config, dynamic
@@ -502,8 +512,15 @@ class KernelFn:
     inputs' kernel (per-layer flags only if ``c['check_layers']``)."""
     flags = FlagRecorder(enabled=c["check_layers"])
     out = self.apply(k, flags, **dict(c["static"]), **dynamic)
-    out, ok = _guard(out, c["get"], c.get("check"))
-    out = jax.tree_util.tree_map(
+    finish = lambda out: jax.tree_util.tree_map(
         lambda kk: _finish(kk, c["get"], n, c["mirror"]), out,
         is_leaf=lambda l: isinstance(l, Kernel))
+    if c["small"]:
+      # Checked as the user sees them: no boundary before the mirror, so
+      # the last layer fuses into it (fewer kernels to compile; a small
+      # program's first call is mostly XLA's compile).
+      out, ok = _guard(finish(out), c["get"], c.get("check"), boundary=False)
+    else:
+      out, ok = _guard(out, c["get"], c.get("check"))
+      out = finish(out)
     return out, flags.result(), ok

@@ -1,0 +1,107 @@
+"""`overflow.all_finite`, the finiteness flag of every kernel program: small
+leaves of one shape share one variadic reduction, large ones are summed;
+either way one non-finite entry anywhere makes the flag False, directly,
+under jax.jit and per member under jax.vmap, and a derivative through a
+program holding the flag is untouched (issue 15)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from widenets import stax
+from widenets.stax import overflow
+from widenets.stax.overflow import all_finite
+
+BAD = (np.nan, np.inf, -np.inf)
+
+
+def _leaves(seed, shapes, dtype):
+  rs = np.random.RandomState(seed)
+  return [np.asarray(rs.randn(*s) * 10).astype(dtype) for s in shapes]
+
+
+_shape = st.lists(st.integers(1, 9), min_size=0, max_size=3).map(tuple)
+
+
+@pytest.fixture(params=["grouped", "summed"])
+def path(request, monkeypatch):
+  """Every leaf through the grouped reduction, or every leaf through
+  ``sum(x * 0)`` (as leaves above `FUSED_CHECK_UP_TO` are)."""
+  if request.param == "summed":
+    monkeypatch.setattr(overflow, "FUSED_CHECK_UP_TO", 0)
+  return request.param
+
+
+# The fixture only sets a module constant that every example shares.
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shapes=st.lists(_shape, min_size=1, max_size=4), seed=st.integers(0, 99),
+       which=st.integers(0, 3), where=st.integers(0, 10**6),
+       bad=st.sampled_from(BAD), dtype=st.sampled_from(["float32", "float16"]))
+def test_one_bad_entry_anywhere_is_found(path, shapes, seed, which, where,
+                                         bad, dtype):
+  assume(which < len(shapes) and np.prod(shapes[which]) > 0)
+  leaves = _leaves(seed, shapes, dtype)
+  assert bool(all_finite(leaves))
+  flat = leaves[which].reshape(-1)
+  flat[where % flat.size] = bad
+  leaves[which] = flat.reshape(shapes[which])
+  assert not bool(all_finite(leaves))
+  assert not bool(jax.jit(all_finite)(leaves))
+  # Integer leaves are not checked; a dict of leaves is one tree.
+  assert not bool(all_finite({"a": leaves, "n": np.arange(3)}))
+
+
+def test_huge_finite_values_do_not_overflow_the_check(path):
+  # The check never adds finite values: 1e38 * 4 entries would be inf.
+  big = np.full((4, 4), 3e38, np.float32)
+  assert bool(all_finite([big, -big]))
+
+
+def test_mask_replaces_entries_before_the_check(path):
+  x = np.ones((3, 4), np.float32)
+  x[1, 2] = np.nan
+  assert not bool(all_finite(x))
+  assert bool(all_finite(x, mask=lambda a: jnp.where(jnp.isnan(a), 0., a)))
+
+
+def test_per_member_under_vmap(path):
+  x = np.ones((3, 5, 4), np.float32)
+  x[1, 4, 0] = np.inf
+  got = jax.vmap(lambda a, b: all_finite([a, b]))(x, x * 2)
+  np.testing.assert_array_equal(got, [True, False, True])
+
+
+def test_float64_and_complex_leaves(path):
+  with jax.enable_x64(True):
+    x = jnp.ones((4, 4), jnp.float64)
+    z = jnp.ones((4, 4), jnp.complex64)
+    assert bool(all_finite([x, z]))
+    assert not bool(all_finite([x, z.at[2, 1].set(complex(0, np.inf))]))
+    assert not bool(all_finite([x.at[0, 3].set(np.nan), z]))
+
+
+def test_derivatives_through_a_checked_program(path):
+  def f(x):
+    return jnp.where(all_finite([x, x * x]), jnp.sum(x ** 3), 0.)
+
+  x = jnp.arange(1., 7.).reshape(2, 3)
+  np.testing.assert_allclose(jax.grad(f)(x), 3 * x ** 2)
+  np.testing.assert_allclose(jax.jit(jax.grad(f))(x), 3 * x ** 2)
+
+
+def test_small_kernel_programs_check_each_shape_once():
+  # The lowered program of a small traced call: one variadic reduction for
+  # both (N, N) outputs and one for the inputs, besides the network's own
+  # reductions (the inputs' variances) -- not one per leaf.
+  kernel_fn = stax.serial(stax.Dense(64), stax.Erf(), stax.Dense(1))[2]
+  x = np.random.RandomState(0).randn(6, 3).astype(np.float32)
+  text = jax.jit(kernel_fn, static_argnames="get").lower(
+      x, None, ("nngp", "ntk")).as_text()
+  reduces = [line for line in text.splitlines()
+             if "stablehlo.reduce(" in line]
+  outputs = [line for line in reduces if "tensor<6x6xf32>" in line]
+  assert len(outputs) == 1, reduces
+  assert ":2 = stablehlo.reduce(" in outputs[0], outputs
