@@ -92,16 +92,43 @@ def test_derivatives_through_a_checked_program(path):
   np.testing.assert_allclose(jax.jit(jax.grad(f))(x), 3 * x ** 2)
 
 
-def test_small_kernel_programs_check_each_shape_once():
-  # The lowered program of a small traced call: one variadic reduction for
-  # both (N, N) outputs and one for the inputs, besides the network's own
-  # reductions (the inputs' variances) -- not one per leaf.
+def test_small_kernel_programs_check_once():
+  # The lowered program of a small traced call checks both (N, N) outputs
+  # and the inputs (through their kernel x x^T, also (N, N)) in one
+  # variadic reduction, and reduces no input array.
   kernel_fn = stax.serial(stax.Dense(64), stax.Erf(), stax.Dense(1))[2]
   x = np.random.RandomState(0).randn(6, 3).astype(np.float32)
   text = jax.jit(kernel_fn, static_argnames="get").lower(
       x, None, ("nngp", "ntk")).as_text()
   reduces = [line for line in text.splitlines()
              if "stablehlo.reduce(" in line]
-  outputs = [line for line in reduces if "tensor<6x6xf32>" in line]
-  assert len(outputs) == 1, reduces
-  assert ":2 = stablehlo.reduce(" in outputs[0], outputs
+  assert len(reduces) == 1, reduces
+  assert ":3 = stablehlo.reduce(" in reduces[0], reduces
+  assert "tensor<6x6xf32>" in reduces[0], reduces
+
+
+@pytest.mark.parametrize("with_x2", [False, True])
+@pytest.mark.parametrize("jit", [False, True])
+def test_small_calls_tell_bad_inputs_from_overflow(with_x2, jit):
+  # One flag covers inputs and outputs; the error still names the cause.
+  from widenets.stax.overflow import KernelOverflowError
+  kernel_fn = stax.serial(stax.Dense(8, W_std=1e3), stax.Relu(),
+                          stax.Dense(8, W_std=1e3), stax.Relu(),
+                          stax.Dense(1))[2]
+  call = (jax.jit(kernel_fn, static_argnames="get") if jit else kernel_fn)
+  errors = (ValueError, jax.errors.JaxRuntimeError)
+  x = np.random.RandomState(0).randn(5, 3).astype(np.float32)
+  x2 = x[:4] * 2 if with_x2 else None
+  bad = x.copy()
+  bad[3, 2] = np.inf
+  with pytest.raises(errors, match=r"x1 of shape \(5, 3\) contains NaN"):
+    jax.block_until_ready(call(bad, x2, "ntk"))
+  if with_x2:
+    bad2 = x2.copy()
+    bad2[0, 0] = np.nan
+    with pytest.raises(errors, match=r"x2 of shape \(4, 3\) contains NaN"):
+      jax.block_until_ready(call(x, bad2, "ntk"))
+  # Finite inputs so large that x x^T overflows: an overflow, not bad input.
+  with pytest.raises((KernelOverflowError, jax.errors.JaxRuntimeError),
+                     match="overflowed"):
+    jax.block_until_ready(call(x * 1e25, x2, "ntk"))

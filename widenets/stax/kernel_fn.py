@@ -96,19 +96,20 @@ _FIELDS = ("nngp", "ntk", "cov1", "cov2")
 
 
 def _guard(out, get: Optional[tuple], check: Optional[tuple] = None,
-           boundary: bool = True):
+           boundary: bool = True, extra=()):
   """``(out, ok)``: ``ok`` whether the fields ``get`` asks for are finite in
   every output kernel; ``out`` through ``lax.cond(ok, identity, NaN)`` (a
   fusion boundary; none without ``boundary``), or, with ``check = (report,
   payload, inputs_ok)`` (a traced call), through ``error_if(ok & inputs_ok,
-  ...)``: ``report(*payload)`` raises on the host."""
+  ...)``: ``report(*payload)`` raises on the host. ``extra``: more arrays
+  whose finiteness ``ok`` includes."""
   fields = _FIELDS if get is None else tuple(f for f in _FIELDS if f in get)
   kernels = jax.tree_util.tree_leaves(
       out, is_leaf=lambda l: isinstance(l, Kernel))
   parts = [{f: getattr(kk, f) for f in fields
             if getattr(kk, f) is not None and jnp.ndim(getattr(kk, f))}
            for kk in kernels]
-  ok = all_finite(parts)
+  ok = all_finite((parts, list(extra)))
   if check is None and not boundary:
     return out, ok
   if check is None:
@@ -186,13 +187,7 @@ class _Rerun:
 
   def __call__(self, c: dict, x1, x2, dynamic, hyper) -> None:
     if c["mask_constant"] is None:
-      for label, x in (("x1", x1), ("x2", x2)):
-        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(x)]
-        if any(np.issubdtype(a.dtype, np.inexact) and
-               not np.all(np.isfinite(a)) for a in leaves):
-          raise ValueError(f"{self.network.name}: {label} of shape "
-                           f"{tuple(leaves[0].shape)} contains NaN or "
-                           f"infinite values.")
+      _raise_on_bad_inputs(self.network.name, x1, x2)
     found = []
     worker = threading.Thread(
         target=lambda: found.append(self._rerun(c, x1, x2, dynamic, hyper)),
@@ -225,6 +220,17 @@ class _Rerun:
     except Exception:  # noqa: BLE001 - then the network is named only
       return None
     return None
+
+
+def _raise_on_bad_inputs(name: str, x1, x2) -> None:
+  """The bad-input ``ValueError`` if concrete ``x1`` or ``x2`` holds a NaN
+  or an inf (checked in NumPy)."""
+  for label, x in (("x1", x1), ("x2", x2)):
+    leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(x)]
+    if any(np.issubdtype(a.dtype, np.inexact) and
+           not np.all(np.isfinite(a)) for a in leaves):
+      raise ValueError(f"{name}: {label} of shape {tuple(leaves[0].shape)} "
+                       f"contains NaN or infinite values.")
 
 
 def _report_network(name: str) -> None:
@@ -379,6 +385,8 @@ class KernelFn:
         raise ValueError(f"{self.name}: {label} of shape {shape} contains "
                          f"NaN or infinite values.")
     if all_true([out_ok]) is False:
+      if config.value["fold_inputs"]:
+        _raise_on_bad_inputs(self.name, x1, x2)
       # Only now: the same computation with per-layer flags, to name the
       # first layer that overflowed.
       layers = StaticArgs(dict(config.value, check_layers=True))
@@ -432,11 +440,17 @@ class KernelFn:
             x1.shape[0], x2.shape[0] * entries, itemsize)
         small = row_chunk is None and not packing.worth_packing(
             max(x1.shape[0], x2.shape[0]), entries, itemsize)
+    # A small call's inputs are checked through their kernel, x1 x2^T: a
+    # non-finite entry of an input makes its row (column) of it non-finite
+    # (inf * 0 is NaN), and it is the shape of the outputs, so one reduction
+    # checks both. A failure is then told apart on the host (NumPy).
+    fold_inputs = bool(small and mask_constant is None and np.size(x1)
+                       and (x2 is None or np.size(x2)))
     config = StaticArgs(dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
         diagonal_spatial=bool(diagonal_spatial), mask_constant=mask_constant,
         packable=bool(packable), mirror=mirror, row_chunk=row_chunk,
-        small=small,
+        small=small, fold_inputs=fold_inputs,
         check_layers=False, rerun=None,
         static=tuple(sorted(static.items()))))
     return config, dynamic
@@ -466,7 +480,11 @@ class KernelFn:
     mask_constant = c["mask_constant"]
     mask = (None if mask_constant is None
             else lambda leaf: mask_inputs(leaf, mask_constant)[0])
-    inputs_ok = (all_finite(x1, mask), all_finite(x2, mask))
+    if c["fold_inputs"]:
+      # Checked through the inputs' kernel instead (`_evaluate`).
+      inputs_ok = (jnp.asarray(True), jnp.asarray(True))
+    else:
+      inputs_ok = (all_finite(x1, mask), all_finite(x2, mask))
     if c["rerun"] is not None:
       c["check"] = (functools.partial(c["rerun"], dict(config.value)),
                     payload, inputs_ok[0] & inputs_ok[1])
@@ -519,7 +537,11 @@ class KernelFn:
       # Checked as the user sees them: no boundary before the mirror, so
       # the last layer fuses into it (fewer kernels to compile; a small
       # program's first call is mostly XLA's compile).
-      out, ok = _guard(finish(out), c["get"], c.get("check"), boundary=False)
+      extra = [kk.nngp for kk in jax.tree_util.tree_leaves(
+          k, is_leaf=lambda l: isinstance(l, Kernel))] \
+          if c["fold_inputs"] else []
+      out, ok = _guard(finish(out), c["get"], c.get("check"), boundary=False,
+                       extra=extra)
     else:
       out, ok = _guard(out, c["get"], c.get("check"))
       out = finish(out)
