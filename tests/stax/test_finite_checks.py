@@ -132,3 +132,28 @@ def test_small_calls_tell_bad_inputs_from_overflow(with_x2, jit):
   with pytest.raises((KernelOverflowError, jax.errors.JaxRuntimeError),
                      match="overflowed"):
     jax.block_until_ready(call(x * 1e25, x2, "ntk"))
+
+
+def test_network_closing_over_a_tracer_tells_bad_input_from_overflow():
+  # A custom Elementwise layer's closure is not a declared hyperparameter:
+  # a network built inside jax.jit from a traced value closes over a
+  # tracer, while the inputs (closed over) are concrete; its error path
+  # still names the cause.
+  x = np.random.RandomState(0).randn(5, 3).astype(np.float32)
+  bad = x.copy()
+  bad[1, 1] = np.nan
+
+  def ntk(c, inputs):
+    scaled = stax.Elementwise(
+        lambda u: c * u, lambda cov12, var1, var2: c ** 2 * cov12,
+        lambda cov12, var1, var2: c ** 2 * jnp.ones_like(cov12))
+    kernel_fn = stax.serial(stax.Dense(8), scaled, stax.Dense(1))[2]
+    return kernel_fn(inputs, None, "ntk")
+
+  np.testing.assert_allclose(jax.jit(lambda c: ntk(c, x))(1.0),
+                             ntk(1.0, x), rtol=1e-6)
+  errors = (ValueError, jax.errors.JaxRuntimeError)
+  with pytest.raises(errors, match=r"x1 of shape \(5, 3\) contains NaN"):
+    jax.block_until_ready(jax.jit(lambda c: ntk(c, bad))(1.0))
+  with pytest.raises(errors, match="overflowed"):
+    jax.block_until_ready(jax.jit(lambda c: ntk(c, x))(1e30))

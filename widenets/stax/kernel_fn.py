@@ -233,7 +233,9 @@ def _raise_on_bad_inputs(name: str, x1, x2) -> None:
                        f"contains NaN or infinite values.")
 
 
-def _report_network(name: str) -> None:
+def _report_network(name: str, x1=None, x2=None) -> None:
+  if x1 is not None:  # the inputs, when the flag covers them too
+    _raise_on_bad_inputs(name, x1, x2)
   raise KernelOverflowError(overflow_message(name))
 
 
@@ -378,7 +380,8 @@ class KernelFn:
       # Concrete inputs, but a network closing over tracers (built inside
       # the caller's transformation from undeclared values).
       out = error_if(out, out_ok & inputs_ok[0] & inputs_ok[1],
-                     functools.partial(_report_network, self.name), ())
+                     functools.partial(_report_network, self.name),
+                     (x1, x2) if config.value["fold_inputs"] else ())
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if all_true([ok]) is False:
         shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
