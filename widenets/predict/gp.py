@@ -28,6 +28,7 @@ With train-train kernel :math:`K` (regularized: :math:`K + rI`), test-train
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, Optional
 
@@ -217,33 +218,44 @@ def _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt):
   return k_tt + ((spread + spread.T) / 2 - (term_2 + term_2.T))
 
 
-@small_jit
-def _gp_posterior(chol, alpha, k_td, k_tt):
+def _gp_terms(solve_triangular, chol, alpha, k_td, k_tt):
   """``K* alpha`` and ``K** - K* K^{-1} K*^T``, the latter as ``K** - V^T V``
   with ``V = L^{-1} K*^T``: one triangular solve with the test columns
-  instead of two, and an exactly symmetric covariance."""
-  v = jax.scipy.linalg.solve_triangular(chol, k_td.T, lower=True)
+  instead of two, and an exactly symmetric covariance. ``solve_triangular``:
+  JAX's or SciPy's (the host path)."""
+  v = solve_triangular(chol, k_td.T, lower=True)
   return k_td @ alpha, k_tt - v.T @ v
+
+
+def _ntk_terms(cho_solve, chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
+  """The NTK posterior's mean and covariance; ``cho_solve(chol, b)``."""
+  term_1 = cho_solve(chol, k_td.T)
+  return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
+
+
+@small_jit
+def _gp_posterior(chol, alpha, k_td, k_tt):
+  return _gp_terms(jax.scipy.linalg.solve_triangular, chol, alpha, k_td,
+                   k_tt)
 
 
 @small_jit
 def _ntk_posterior(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
-  term_1 = jax.scipy.linalg.cho_solve((chol, True), k_td.T)
-  return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
+  return _ntk_terms(lambda c, b: jax.scipy.linalg.cho_solve((c, True), b),
+                    chol, alpha, nngp_dd, k_td, k_td_init, k_tt)
 
 
 def _gp_posterior_host(chol, alpha, k_td, k_tt):
   """`_gp_posterior` on NumPy arrays (SciPy's triangular solve)."""
   import scipy.linalg  # a dependency of jax itself
-  v = scipy.linalg.solve_triangular(chol, k_td.T, lower=True,
-                                    check_finite=False)
-  return k_td @ alpha, k_tt - v.T @ v
+  solve = functools.partial(scipy.linalg.solve_triangular, check_finite=False)
+  return _gp_terms(solve, chol, alpha, k_td, k_tt)
 
 
 def _ntk_posterior_host(chol, alpha, nngp_dd, k_td, k_td_init, k_tt):
-  """`_ntk_posterior` on NumPy arrays."""
-  term_1 = solvers.cho_solve_host(chol, k_td.T)
-  return k_td @ alpha, _ntk_cov_terms(term_1, nngp_dd, k_td_init, k_tt)
+  """`_ntk_posterior` on NumPy arrays (SciPy's ``cho_solve``)."""
+  return _ntk_terms(solvers.cho_solve_host, chol, alpha, nngp_dd, k_td,
+                    k_td_init, k_tt)
 
 
 def _gp_inference_kernel_fn(

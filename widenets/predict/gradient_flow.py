@@ -96,8 +96,8 @@ def _times(t, learning_rate, normalization) -> tuple[tuple, jax.Array]:
   concrete (two eager programs per number of times otherwise)."""
   if is_concrete(t) and is_concrete(learning_rate):
     t = np.asarray(t, jnp.result_type(t, float)) * learning_rate
-    return t.shape, t.reshape(-1) / normalization
-  t = jnp.asarray(t) * learning_rate
+  else:
+    t = jnp.asarray(t) * learning_rate
   return t.shape, t.reshape(-1) / normalization
 
 

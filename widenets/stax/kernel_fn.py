@@ -222,6 +222,12 @@ class _Rerun:
     return None
 
 
+def _bad_input(name: str, label: str, x) -> ValueError:
+  shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
+  return ValueError(f"{name}: {label} of shape {shape} contains NaN or "
+                    f"infinite values.")
+
+
 def _raise_on_bad_inputs(name: str, x1, x2) -> None:
   """The bad-input ``ValueError`` if concrete ``x1`` or ``x2`` holds a NaN
   or an inf (checked in NumPy)."""
@@ -229,8 +235,7 @@ def _raise_on_bad_inputs(name: str, x1, x2) -> None:
     leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(x)]
     if any(np.issubdtype(a.dtype, np.inexact) and
            not np.all(np.isfinite(a)) for a in leaves):
-      raise ValueError(f"{name}: {label} of shape {tuple(leaves[0].shape)} "
-                       f"contains NaN or infinite values.")
+      raise _bad_input(name, label, x)
 
 
 def _report_network(name: str, x1=None, x2=None) -> None:
@@ -384,9 +389,7 @@ class KernelFn:
                      (x1, x2) if config.value["fold_inputs"] else ())
     for label, x, ok in (("x1", x1, inputs_ok[0]), ("x2", x2, inputs_ok[1])):
       if all_true([ok]) is False:
-        shape = tuple(jax.tree_util.tree_leaves(x)[0].shape)
-        raise ValueError(f"{self.name}: {label} of shape {shape} contains "
-                         f"NaN or infinite values.")
+        raise _bad_input(self.name, label, x)
     if all_true([out_ok]) is False:
       if config.value["fold_inputs"]:
         _raise_on_bad_inputs(self.name, x1, x2)

@@ -21,8 +21,9 @@ import numpy as np
 from ..kernel import Kernel
 
 __all__ = ["MAX_BLOCKS", "MIN_PACKED_BYTES", "worth_packing", "block_layout",
-           "block_pairs", "pair_table", "packed_geometry", "diagonal_block_positions", "pad_rows", "pack",
-           "unpack", "trim_rows", "mirror", "swap_spatial_pairs"]
+           "block_pairs", "pair_table", "packed_geometry",
+           "diagonal_block_positions", "pad_rows", "pack", "unpack",
+           "trim_rows", "mirror", "swap_spatial_pairs"]
 
 MAX_BLOCKS = 32
 # Up to this many bytes of one whole (N, N) + S intermediate an x2=None
