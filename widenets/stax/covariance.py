@@ -112,6 +112,10 @@ def nngp_variances(k: Kernel):
   ``var2[i, j, x, x', ...] = cov2[j, x', x']`` (and the packed analogue).
   """
   ns = n_spatial(k)
+  if k.packed and k.cov2 is None and k.nngp.ndim == 3:
+    # No spatial axes: both by one gather (the general path below takes
+    # three, each a kernel for XLA to compile).
+    return packing.pair_variances(k.nngp)
   if k.cov2 is None:
     # x2 is x1: variances from nngp's own diagonal (see `sample_diagonal`).
     d1 = spatial_diagonal(batch_diagonal(k), 1, k.diagonal_spatial)

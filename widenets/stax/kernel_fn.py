@@ -435,7 +435,8 @@ class KernelFn:
     pairwise = (reqs.packable and diagonal_batch and mask_constant is None
                 and not dynamic and reqs.batch_axis in (None, 0))
     packable, mirror, row_chunk, small = False, False, None, False
-    if pairwise and _is_array(x1) and (x2 is None or _is_array(x2)):
+    arrays = pairwise and _is_array(x1) and (x2 is None or _is_array(x2))
+    if arrays:
       entries = self._pair_entries(x1, diagonal_spatial)
       itemsize = jnp.dtype(jnp.result_type(x1.dtype, float)).itemsize
       if x2 is None:
@@ -446,11 +447,12 @@ class KernelFn:
             x1.shape[0], x2.shape[0] * entries, itemsize)
         small = row_chunk is None and not packing.worth_packing(
             max(x1.shape[0], x2.shape[0]), entries, itemsize)
-    # A small call's inputs are checked through their kernel, x1 x2^T: a
-    # non-finite entry of an input makes its row (column) of it non-finite
-    # (inf * 0 is NaN), and it is the shape of the outputs, so one reduction
-    # checks both. A failure is then told apart on the host (NumPy).
-    fold_inputs = bool(small and mask_constant is None and np.size(x1)
+    # Inputs on one grid are checked through their kernel (`_evaluate`),
+    # not by reductions over the inputs themselves: a non-finite entry of
+    # an input makes its own variance (and its row of x1 x2^T) non-finite.
+    # A failure is then told apart on the host (NumPy).
+    fold_inputs = bool(arrays and row_chunk is None and not packable
+                       and np.size(x1)
                        and (x2 is None or np.size(x2)))
     config = StaticArgs(dict(
         get=get_t, diagonal_batch=bool(diagonal_batch),
@@ -539,16 +541,22 @@ class KernelFn:
     finish = lambda out: jax.tree_util.tree_map(
         lambda kk: _finish(kk, c["get"], n, c["mirror"]), out,
         is_leaf=lambda l: isinstance(l, Kernel))
+    extra = []
+    if c["fold_inputs"]:
+      # A small call checks x1 x2^T: it has the outputs' shape, so one
+      # reduction covers both; a larger one, the inputs' variances.
+      inputs = jax.tree_util.tree_leaves(
+          k, is_leaf=lambda l: isinstance(l, Kernel))
+      extra = ([kk.nngp for kk in inputs] if c["small"] else
+               [v for kk in inputs for v in (kk.cov1, kk.cov2)
+                if v is not None])
     if c["small"]:
       # Checked as the user sees them: no boundary before the mirror, so
       # the last layer fuses into it (fewer kernels to compile; a small
       # program's first call is mostly XLA's compile).
-      extra = [kk.nngp for kk in jax.tree_util.tree_leaves(
-          k, is_leaf=lambda l: isinstance(l, Kernel))] \
-          if c["fold_inputs"] else []
       out, ok = _guard(finish(out), c["get"], c.get("check"), boundary=False,
                        extra=extra)
     else:
-      out, ok = _guard(out, c["get"], c.get("check"))
+      out, ok = _guard(out, c["get"], c.get("check"), extra=extra)
       out = finish(out)
     return out, flags.result(), ok

@@ -14,6 +14,8 @@ their variances for the layers in between.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,6 +86,39 @@ def diagonal_block_positions(n_blocks: int) -> np.ndarray:
   """Positions of the block pairs ``(bi, bi)`` in the packed order."""
   i = np.arange(n_blocks)
   return i * n_blocks - i * (i - 1) // 2
+
+
+def pair_variances(nngp):
+  """``(var1, var2)`` of packed ``(P, b, b)`` covariances of ``x2 = x1``,
+  read off their diagonal blocks: ``var1[p, i, 0]`` is the variance of
+  sample ``i`` of pair ``p``'s row block, ``var2[p, 0, j]`` that of sample
+  ``j`` of its column block.
+
+  One gather with constant indices (jnp indexing would assemble the indices
+  in a kernel of its own at run time).
+  """
+  n_pairs, b = nngp.shape[0], nngp.shape[1]
+  v = jax.lax.gather(
+      nngp, _pair_variance_index(n_pairs, b),
+      jax.lax.GatherDimensionNumbers(offset_dims=(),
+                                     collapsed_slice_dims=(0, 1, 2),
+                                     start_index_map=(0, 1, 2)),
+      slice_sizes=(1, 1, 1),
+      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  return v[0][:, :, None], v[1][:, None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_variance_index(n_pairs: int, b: int) -> np.ndarray:
+  """``(2, P, b, 3)`` int32 indices of those variances (NumPy)."""
+  n_blocks = int(round((np.sqrt(8 * n_pairs + 1) - 1) / 2))
+  bi, bj = np.triu_indices(n_blocks)
+  pos = diagonal_block_positions(n_blocks)
+  idx = np.empty((2, n_pairs, b, 3), np.int32)
+  idx[..., 0] = np.stack([pos[bi], pos[bj]])[:, :, None]
+  idx[..., 1] = idx[..., 2] = np.arange(b)
+  idx.flags.writeable = False
+  return idx
 
 
 def pad_rows(x1):
