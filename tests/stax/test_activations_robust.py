@@ -134,3 +134,22 @@ def test_nngp_symmetric_psd(name, x):
   k2 = kernel_fn(x[:2], x[2:], "nngp")
   np.testing.assert_allclose(k2, k.nngp[:2, 2:], rtol=1e-4,
                              atol=1e-5 * np.abs(k.nngp).max())
+
+
+@pytest.mark.parametrize("excess", [0.0, 1e-7, 1e-6, 1e-3])
+def test_erf_rule_holds_round_off_above_cauchy_schwarz(excess):
+  # A covariance a little above sqrt(var1 var2) (round-off in a chaotic
+  # network) must not make the NTK's root vanish: the rule's root**2 is
+  # floored at its value at |cov| = sqrt(var1 var2), with the formula's own
+  # derivatives.
+  from widenets.stax.activations.erf import erf_rule
+  rule = erf_rule(1.0, 1.0, 0.0)
+  var = jnp.float32(1e6)
+  cov = var * (1 + excess)
+  nngp, factor = rule(cov, var, var, jnp.float32(1.0))
+  _, at_bound = rule(var, var, var, jnp.float32(1.0))
+  assert np.isfinite(nngp) and np.isfinite(factor)
+  np.testing.assert_allclose(factor, at_bound, rtol=1e-4)
+  assert nngp <= 1.0  # (2 / pi) * arcsin(.) of a correlation near 1
+  grads = jax.grad(lambda c: sum(rule(c, var, var, jnp.float32(1.0))))(cov)
+  assert np.isfinite(grads)

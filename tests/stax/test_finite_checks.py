@@ -109,24 +109,28 @@ def test_small_kernel_programs_check_once():
 
 @pytest.mark.parametrize("with_x2", [False, True])
 @pytest.mark.parametrize("jit", [False, True])
-def test_small_calls_tell_bad_inputs_from_overflow(with_x2, jit):
-  # One flag covers inputs and outputs; the error still names the cause.
+@pytest.mark.parametrize("n", [5, 300])
+def test_calls_tell_bad_inputs_from_overflow(with_x2, jit, n):
+  # One flag covers inputs and outputs (n = 5: a small call, checked
+  # through x1 x2^T; n = 300: packed without x2, else on the whole grid,
+  # checked through the inputs' variances); the error still names the cause.
   from widenets.stax.overflow import KernelOverflowError
   kernel_fn = stax.serial(stax.Dense(8, W_std=1e3), stax.Relu(),
                           stax.Dense(8, W_std=1e3), stax.Relu(),
                           stax.Dense(1))[2]
   call = (jax.jit(kernel_fn, static_argnames="get") if jit else kernel_fn)
   errors = (ValueError, jax.errors.JaxRuntimeError)
-  x = np.random.RandomState(0).randn(5, 3).astype(np.float32)
-  x2 = x[:4] * 2 if with_x2 else None
+  x = np.random.RandomState(0).randn(n, 3).astype(np.float32)
+  x2 = x[:n - 1] * 2 if with_x2 else None
   bad = x.copy()
   bad[3, 2] = np.inf
-  with pytest.raises(errors, match=r"x1 of shape \(5, 3\) contains NaN"):
+  with pytest.raises(errors, match=rf"x1 of shape \({n}, 3\) contains NaN"):
     jax.block_until_ready(call(bad, x2, "ntk"))
   if with_x2:
     bad2 = x2.copy()
-    bad2[0, 0] = np.nan
-    with pytest.raises(errors, match=r"x2 of shape \(4, 3\) contains NaN"):
+    bad2[n - 2, 0] = np.nan
+    with pytest.raises(errors,
+                       match=rf"x2 of shape \({n - 1}, 3\) contains NaN"):
       jax.block_until_ready(call(x, bad2, "ntk"))
   # Finite inputs so large that x x^T overflows: an overflow, not bad input.
   with pytest.raises((KernelOverflowError, jax.errors.JaxRuntimeError),

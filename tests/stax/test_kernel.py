@@ -228,3 +228,27 @@ def test_get_from_dict_and_namedtuple_order():
   out = get_from(d, ("cov1", "nngp"))
   assert tuple(out) == (3, 1) and out._fields == ("cov1", "nngp")
   assert get_from(d, None) is d
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_same_inputs_within_tolerance_nan_and_empty(traced):
+  # NumPy inputs are compared on the host, traced ones in the program (a
+  # max-reduction of |x1 - x2|): the same answers, NaN never "the same".
+  from widenets.kernel import SAME_INPUTS_TOL, same_inputs
+  rs = np.random.RandomState(0)
+  x = rs.randn(7, 5).astype(np.float32)
+  nan = x.copy()
+  nan[2, 3] = np.nan
+  near = np.zeros((3, 2), np.float32)
+  tiny = np.full((3, 2), SAME_INPUTS_TOL / 2, np.float32)
+  far = x.copy()
+  far[6, 4] += 1e-3
+  cases = [((x, x), True), ((near, tiny), True), ((near, 4 * tiny), False),
+           ((x, far), False),
+           ((nan, nan), False), ((x, nan), False),
+           ((x[:0], x[:0]), True), (((x, x[:, :2]), (x, x[:, :2])), True),
+           (((x, x[:, :2]), (x, far[:, :2])), True),
+           (((x, x[:, :2]), (far, x[:, :2])), False)]
+  for (a, b), expected in cases:
+    got = (jax.jit(same_inputs)(a, b) if traced else same_inputs(a, b))
+    assert bool(got) is expected, (a, b)

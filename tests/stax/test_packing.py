@@ -126,3 +126,20 @@ def test_whole_grid_mirror_swaps_spatial_pairs(monkeypatch):
   np.testing.assert_array_equal(whole, whole.transpose(1, 0, 3, 2, 5, 4))
   np.testing.assert_allclose(whole, packed, rtol=2e-5, atol=1e-6)
   np.testing.assert_allclose(whole, full, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_blocks, b", [(1, 3), (4, 3), (7, 5)])
+def test_pair_variances_read_the_diagonal_blocks(n_blocks, b):
+  # The one-gather fast path of `covariance.nngp_variances`: the same
+  # entries as the general path (the diagonal blocks' diagonals).
+  import jax
+  rs = np.random.RandomState(n_blocks)
+  m = rs.randn(n_blocks * b, n_blocks * b).astype(np.float32)
+  bi, bj = np.triu_indices(n_blocks)
+  blocks = lambda i: slice(i * b, (i + 1) * b)
+  packed = np.stack([m[blocks(i), blocks(j)] for i, j in zip(bi, bj)])
+  var1, var2 = jax.jit(packing.pair_variances)(packed)
+  d = np.diagonal(m).reshape(n_blocks, b)
+  assert var1.shape == (len(bi), b, 1) and var2.shape == (len(bi), 1, b)
+  np.testing.assert_array_equal(var1[:, :, 0], d[bi])
+  np.testing.assert_array_equal(var2[:, 0, :], d[bj])
