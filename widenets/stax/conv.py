@@ -110,7 +110,7 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
     return tuple(chan if c == "O" else input_shape[lhs_spec.index("C")]
                  if c == "I" else next(it) for c in rhs_spec)
 
-  def init_fn(rng, input_shape):
+  def output_shape(input_shape):
     input_shape = tuple(input_shape)
     if len(input_shape) != len(lhs_spec):
       raise ValueError(f"{name}: expected a {len(lhs_spec)}-D input "
@@ -131,7 +131,12 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
               dimension_numbers=dimension_numbers),
           jax.ShapeDtypeStruct(input_shape, jnp.float32),
           jax.ShapeDtypeStruct(rhs_shape, jnp.float32)).shape
-    out = tuple(int(d) for d in out)
+    return tuple(int(d) for d in out)
+
+  def init_fn(rng, input_shape):
+    input_shape = tuple(input_shape)
+    out = output_shape(input_shape)
+    rhs_shape = conv_kernel_shape(input_shape, width)
     k1, k2 = jax.random.split(rng)
     if shared:
       W = jax.random.normal(k1, rhs_shape)
@@ -149,6 +154,8 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
       W = W * (W_std / (fan_in(input_shape) / s[0])**0.5)
       b = None if b is None else b * b_std
     return out, (W, b)
+
+  init_fn.output_shape = output_shape  # see `kernel_fn.output_shape`
 
   def apply_fn(params, inputs, **kwargs):
     W, b = params

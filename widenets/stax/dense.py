@@ -88,15 +88,20 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = None,
   validation.finite_float("Dense", "b_std", b_std, allow_none=True)
   validation.positive_floats("Dense", "s", s)
 
-  def init_fn(rng, input_shape):
+  width = out_dim if parameterization == "ntk" else out_dim * s[1]
+
+  def output_shape(input_shape):
     ndim = len(input_shape)
     if ndim < 2:
       raise ValueError(f"Dense: input must have at least 2 axes (batch, "
                        f"features); got input_shape {tuple(input_shape)}.")
     ca = channel_axis % ndim
-    width = out_dim if parameterization == "ntk" else out_dim * s[1]
-    out_shape = tuple(input_shape[:ca]) + (width,) + tuple(
-        input_shape[ca + 1:])
+    return tuple(input_shape[:ca]) + (width,) + tuple(input_shape[ca + 1:])
+
+  def init_fn(rng, input_shape):
+    out_shape = output_shape(input_shape)
+    ndim = len(input_shape)
+    ca = channel_axis % ndim
     k1, k2 = jax.random.split(rng)
     W = jax.random.normal(k1, (input_shape[ca], width))
     b = None
@@ -108,6 +113,8 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = None,
       W = W * W_std / (input_shape[ca] / s[0]) ** 0.5
       b = None if b is None else b * b_std
     return out_shape, (W, b)
+
+  init_fn.output_shape = output_shape  # see `kernel_fn.output_shape`
 
   def apply_fn(params, inputs, **kwargs):
     W, b = params
