@@ -310,17 +310,10 @@ def same_inputs(x1, x2):
   if t1 != t2 or any(np.shape(a) != np.shape(b) for a, b in zip(l1, l2)):
     return np.bool_(False)
   xp = np if all(isinstance(a, np.ndarray) for a in l1 + l2) else jnp
-  same = [_within_tol(xp, a, b)
+  # An all-reduction of the comparison, not max |a - b| < tol: XLA:CPU's
+  # library max-reduction of large arrays skips NaN (JAX 0.10).
+  same = [xp.all(xp.abs(a - b) < SAME_INPUTS_TOL)
           if xp.issubdtype(xp.result_type(a, b), xp.inexact)
           else xp.all(a == b) for a, b in zip(l1, l2)]
   return xp.all(xp.asarray(same)) if same else np.bool_(True)
 
-
-def _within_tol(xp, a, b):
-  """``all(|a - b| < SAME_INPUTS_TOL)`` (False with a NaN)."""
-  if xp is np or np.size(a) == 0:
-    return xp.all(xp.abs(a - b) < SAME_INPUTS_TOL)
-  # The largest gap, compared once: XLA:CPU compiles a float max-reduction
-  # to one library call, a boolean all-reduction to three kernels of its own
-  # (~0.08 s of every first call on two inputs). NaN propagates through max.
-  return jnp.max(jnp.abs(a - b)) < SAME_INPUTS_TOL

@@ -249,6 +249,11 @@ def test_same_inputs_within_tolerance_nan_and_empty(traced):
            ((x[:0], x[:0]), True), (((x, x[:, :2]), (x, x[:, :2])), True),
            (((x, x[:, :2]), (x, far[:, :2])), True),
            (((x, x[:, :2]), (far, x[:, :2])), False)]
+  big = rs.randn(300, 300).astype(np.float32)
+  big_nan = big.copy()
+  big_nan[150, 150] = np.nan  # large: XLA's max-reduction would skip it
+  cases += [((big, big), True), ((big, big_nan), False),
+            ((big_nan, big_nan), False)]
   for (a, b), expected in cases:
     got = (jax.jit(same_inputs)(a, b) if traced else same_inputs(a, b))
     assert bool(got) is expected, (a, b)

@@ -218,12 +218,17 @@ def _error_if(report: Callable, depth: int):
 
   @jax.custom_batching.custom_vmap
   def check(parts, ok, payload):
+    # The flag reaches the host as the int32 that `lax.cond` makes of it
+    # anyway (one value, so XLA fuses the conversion into the reduction
+    # computing the flag instead of compiling a kernel for it).
+    ok_index = ok.astype(jnp.int32)
+
     def fail(operands):
       parts, payload = operands
       shapes = jax.tree_util.tree_map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), parts)
       host = functools.partial(_report_first, report, depth, shapes)
-      return jax.pure_callback(host, shapes, ok, payload,
+      return jax.pure_callback(host, shapes, ok_index, payload,
                                vmap_method="sequential")
 
     return jax.lax.cond(ok, lambda operands: operands[0], fail,
