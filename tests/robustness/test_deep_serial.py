@@ -73,6 +73,12 @@ def test_runs_only_join_equal_layers():
   assert not runs.same_layer(lambdas[0], lambdas[1])
   pair = [stax.Dense(8)[2], stax.Relu()[2]] * 3
   assert runs.find_runs(pair) == [(0, 2, 3)]
+  # Equal layers built separately, every family with parameters.
+  for make in (lambda: stax.Conv(8, (3, 3), padding="SAME", W_std=1.4),
+               lambda: stax.ConvTranspose(8, (3, 3), padding="SAME"),
+               lambda: stax.Dense(8, W_std=1.4, b_std=0.1),
+               lambda: stax.Erf(), lambda: stax.Gelu()):
+    assert runs.same_layer(make()[2], make()[2]), make()[2]
 
 
 def test_block_changing_structure_stays_unrolled():

@@ -34,7 +34,7 @@ __all__ = ["find_runs", "same_layer", "scan_block"]
 MIN_REPEATS = 3
 # Longest block searched for (layers per repetition).
 MAX_PERIOD = 8
-_MAX_DEPTH = 6
+_MAX_DEPTH = 8
 _PLAIN = (int, float, complex, str, bytes, bool, type(None))
 
 
