@@ -310,10 +310,27 @@ def same_inputs(x1, x2):
   if t1 != t2 or any(np.shape(a) != np.shape(b) for a, b in zip(l1, l2)):
     return np.bool_(False)
   xp = np if all(isinstance(a, np.ndarray) for a in l1 + l2) else jnp
-  # An all-reduction of the comparison, not max |a - b| < tol: XLA:CPU's
-  # library max-reduction of large arrays skips NaN (JAX 0.10).
-  same = [xp.all(xp.abs(a - b) < SAME_INPUTS_TOL)
+  same = [(xp.all(xp.abs(a - b) < SAME_INPUTS_TOL) if xp is np
+           else _largest_gap(a, b) < SAME_INPUTS_TOL)
           if xp.issubdtype(xp.result_type(a, b), xp.inexact)
           else xp.all(a == b) for a, b in zip(l1, l2)]
   return xp.all(xp.asarray(same)) if same else np.bool_(True)
+
+
+def _largest_gap(a, b):
+  """``max |a - b|`` of two arrays of one shape (NaN if either holds a
+  NaN; 0 if empty), as one XLA kernel.
+
+  A two-operand reduction on purpose: XLA:CPU splits a one-operand
+  reduction of more than 32 entries into two kernels (and a boolean
+  all-reduction into three), and runs a large one-operand max-reduction as
+  a library call that skips NaN (JAX 0.10). Its own maximum propagates NaN.
+  """
+  gap = jnp.abs(a - b)
+  zero = jnp.zeros((), gap.dtype)
+  axes = tuple(range(gap.ndim))
+  first, second = jax.lax.reduce(
+      (gap, gap), (zero, zero),
+      lambda x, y: (jax.lax.max(x[0], y[0]), jax.lax.max(x[1], y[1])), axes)
+  return jnp.maximum(first, second)
 
