@@ -117,9 +117,11 @@ def all_true(flags) -> Optional[bool]:
 
 
 # Leaves of at most this many entries are checked by one variadic reduction
-# per shape (`_poison`); larger ones by ``sum(x * 0)``, which XLA:CPU runs as
-# a vectorized library reduction (~3x faster per entry at 10**6 entries)
-# but compiles as a kernel of its own per leaf.
+# per shape (`_poison`); larger ones of one shape by one ``sum`` of their
+# ``x - x``, which XLA:CPU runs as a vectorized library reduction (~3x
+# faster per entry at 10**6 entries). ``x - x`` rather than ``x * 0``: XLA
+# materializes the zero operand of the product as an array of its own (a
+# kernel and a full-size write per call), not that of the difference.
 FUSED_CHECK_UP_TO = 2 ** 16
 
 
@@ -141,11 +143,12 @@ def all_finite(tree, mask=None):
   ``mask(leaf) -> leaf`` replaces masked entries first (see
   `inputs.mask_inputs`). The checks are reductions that XLA fuses into few
   kernels (benchmarks/ISSUE15.md, sections 10 and 11): small leaves of one
-  shape and dtype share one reduction, large ones are ``sum(x * 0)`` (0 for
-  finite x, NaN otherwise; never an overflow of finite values).
+  shape and dtype share one reduction, and so do large ones, as
+  ``sum(x - x + y - y ...)`` (0 for finite entries, NaN otherwise; never an
+  overflow of finite values).
   """
   ok = jnp.asarray(True)
-  small = {}
+  small, large = {}, {}
   for leaf in jax.tree_util.tree_leaves(tree):
     if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
       if mask is not None:
@@ -154,12 +157,13 @@ def all_finite(tree, mask=None):
       if jnp.ndim(leaf) == 0:
         # A reduction over no axes would return its operands unreduced.
         ok = ok & jnp.isfinite(leaf)
-      elif np.size(leaf) <= FUSED_CHECK_UP_TO:
-        # A flag has no derivative; the general reduction has no JVP rule.
-        small.setdefault((jnp.shape(leaf), leaf.dtype), []).append(
-            jax.lax.stop_gradient(leaf))
       else:
-        ok = ok & jnp.isfinite(jnp.sum(leaf * 0))
+        # A flag has no derivative; the general reduction has no JVP rule.
+        group = small if np.size(leaf) <= FUSED_CHECK_UP_TO else large
+        group.setdefault((jnp.shape(leaf), leaf.dtype), []).append(
+            jax.lax.stop_gradient(leaf))
+  for leaves in large.values():
+    ok = ok & jnp.isfinite(jnp.sum(sum(leaf - leaf for leaf in leaves)))
   for (shape, dtype), leaves in small.items():
     zeros = tuple(np.zeros((), dtype) for _ in leaves)
     # Every result: XLA may treat the initial 0 as the reducer's identity
