@@ -24,7 +24,8 @@ from ..kernel import Kernel
 
 __all__ = ["MAX_BLOCKS", "MIN_PACKED_BYTES", "worth_packing", "block_layout",
            "block_pairs", "pair_table", "packed_geometry",
-           "diagonal_block_positions", "pad_rows", "pack", "unpack",
+           "diagonal_block_positions", "pair_variances", "pad_rows", "pack",
+           "unpack",
            "trim_rows", "mirror", "swap_spatial_pairs"]
 
 MAX_BLOCKS = 32
