@@ -25,8 +25,7 @@ from ..kernel import Kernel
 __all__ = ["MAX_BLOCKS", "MIN_PACKED_BYTES", "worth_packing", "block_layout",
            "block_pairs", "pair_table", "packed_geometry",
            "diagonal_block_positions", "pair_variances", "pad_rows", "pack",
-           "unpack",
-           "trim_rows", "mirror", "swap_spatial_pairs"]
+           "unpack", "trim_rows", "mirror", "swap_spatial_pairs"]
 
 MAX_BLOCKS = 32
 # Up to this many bytes of one whole (N, N) + S intermediate an x2=None
