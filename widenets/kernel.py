@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._reduce import nan_max
+
 __all__ = ["Kernel", "field", "pytree_dataclass", "get_from", "check_get",
            "canonical_get", "namedtuple_type", "GET_FIELDS", "same_inputs"]
 
@@ -321,16 +323,10 @@ def _largest_gap(a, b):
   """``max |a - b|`` of two arrays of one shape (NaN if either holds a
   NaN; 0 if empty), as one XLA kernel.
 
-  A two-operand reduction on purpose: XLA:CPU splits a one-operand
-  reduction of more than 32 entries into two kernels (and a boolean
-  all-reduction into three), and runs a large one-operand max-reduction as
-  a library call that skips NaN (JAX 0.10). Its own maximum propagates NaN.
+  `nan_max` (a two-operand reduction) on purpose: XLA:CPU splits a
+  one-operand reduction of more than 32 entries into two kernels (and a
+  boolean all-reduction into three), and a large one-operand max-reduction
+  skips NaN (see `widenets._reduce`).
   """
-  gap = jnp.abs(a - b)
-  zero = jnp.zeros((), gap.dtype)
-  axes = tuple(range(gap.ndim))
-  first, second = jax.lax.reduce(
-      (gap, gap), (zero, zero),
-      lambda x, y: (jax.lax.max(x[0], y[0]), jax.lax.max(x[1], y[1])), axes)
-  return jnp.maximum(first, second)
+  return nan_max(jnp.abs(a - b), initial=0)
 

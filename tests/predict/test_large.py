@@ -239,6 +239,19 @@ def test_pcg_converges_in_n_steps(precond):
   np.testing.assert_allclose(a @ x, b, atol=1e-6)
 
 
+def test_pcg_nan_column_is_reported_and_the_others_solved():
+  a = RNG.standard_normal((30, 30))
+  a = a @ a.T + 30 * np.eye(30)
+  b = RNG.standard_normal((30, 4))
+  b[3, 2] = np.nan
+  with pytest.warns(RuntimeWarning, match="NaN residuals"):
+    x, info = pcg(lambda v: a @ v, None, b, 1e-10, 100)
+  assert not info.converged and np.isnan(info.residual)
+  assert all(np.isfinite(h) for h in info.history) and info.iterations > 0
+  good = [0, 1, 3]
+  np.testing.assert_allclose(a @ x[:, good], b[:, good], atol=1e-8)
+
+
 def test_pcg_resumes_exactly():
   a = RNG.standard_normal((30, 30))
   a = a @ a.T + 30 * np.eye(30)

@@ -143,3 +143,19 @@ def test_odeint_exponential_and_pytrees():
                       {"a": jnp.ones(3), "b": jnp.zeros(2)}, ts)
   np.testing.assert_allclose(ys["a"][:, 0], jnp.exp(-ts), rtol=1e-5)
   np.testing.assert_allclose(ys["b"][:, 0], ts ** 2, rtol=1e-5, atol=1e-6)
+
+
+def test_step_error_keeps_nan_of_large_states():
+  # A NaN anywhere in the error estimate must reject the step: the maximum
+  # over a large state keeps it (XLA:CPU's library max skips NaN).
+  from widenets.predict.odeint import _err_norm
+  rs = np.random.RandomState(0)
+  y = {"a": jnp.asarray(rs.randn(3, 100000), jnp.float32),
+       "b": jnp.ones(4)}
+  err = {"a": 1e-12 * y["a"], "b": jnp.zeros(4)}
+  assert float(_err_norm(err, y, y, 1e-6, 1e-6)) < 1.
+  bad = np.array(err["a"])
+  bad[2, 54321] = np.nan
+  err["a"] = jnp.asarray(bad)
+  assert np.isnan(float(_err_norm(err, y, y, 1e-6, 1e-6)))
+  assert np.isnan(float(jax.jit(_err_norm)(err, y, y, 1e-6, 1e-6)))

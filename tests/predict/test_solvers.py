@@ -228,3 +228,23 @@ def test_cg_under_jit(fc_kernel):
   ref = predict.gradient_descent_mse(k, y, diag_reg=1e-2)(None, None, 0.,
                                                           k[:5])
   np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("verbose", [False, True])  # lax loop / host loop
+def test_cg_nan_column_is_not_converged(verbose, capsys):
+  # One NaN right-hand side among many: its NaN residual must not be lost in
+  # the maximum over columns (XLA:CPU's large max-reduction skips NaN).
+  rs = np.random.RandomState(0)
+  a = rs.randn(40, 40).astype(np.float32)
+  k = jnp.asarray(a @ a.T / 40 + np.eye(40, dtype=np.float32))
+  b = rs.randn(40, 3000).astype(np.float32)
+  b[5, 1234] = np.nan
+  cg = predict.CG(tol=1e-5, preconditioner=None, verbose=verbose)
+  with pytest.warns(RuntimeWarning, match="NaN residuals"):
+    x = cg.factor(k, 0.).solve(jnp.asarray(b))
+  assert cg.info.converged is False and np.isnan(cg.info.residual)
+  good = np.delete(np.arange(3000), 1234)
+  np.testing.assert_allclose(
+      np.asarray(x)[:, good[:50]],
+      np.linalg.solve(np.asarray(k, np.float64), b[:, good[:50]]),
+      rtol=1e-3, atol=1e-3)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._reduce import nan_max
 from ._common import is_array, is_concrete, precision
 from .randomized_nystrom import apply_nystrom, nystrom_factors
 
@@ -220,6 +221,14 @@ _cg_step_jit = jax.jit(_cg_step)
 _cg_direction_jit = jax.jit(_cg_direction)
 
 
+def _worst(res):
+  """The largest relative residual of the columns still iterating: a NaN
+  column (NaN or inf in its right-hand side) is left out, as no iteration
+  mends it; it shows in the final residual (`nan_max`), which then reports
+  the solve as not converged."""
+  return nan_max(jnp.where(jnp.isnan(res), 0., res))
+
+
 def _run_python(matvec, precond, b, tol, maxiter, verbose):
   """CG with a Python loop (any ``matvec``, e.g. over blocks on disk)."""
   bnorm = jnp.linalg.norm(b, axis=0)
@@ -232,7 +241,7 @@ def _run_python(matvec, precond, b, tol, maxiter, verbose):
   res = jnp.linalg.norm(r, axis=0) / bnorm
   it = 0
   while it < maxiter:
-    if float(jnp.max(res)) <= tol:
+    if float(_worst(res)) <= tol:
       break
     active = res > tol
     x, r = _cg_step_jit(x, r, p, rz, matvec(p), active)
@@ -240,10 +249,10 @@ def _run_python(matvec, precond, b, tol, maxiter, verbose):
     p, rz = _cg_direction_jit(r, z, p, rz)
     res = jnp.linalg.norm(r, axis=0) / bnorm
     it += 1
-    history.append(float(jnp.max(res)))
+    history.append(float(_worst(res)))
     if verbose and (it % 10 == 0 or it == 1):
       print(f"CG iteration {it}: max relative residual {history[-1]:.3g}")
-  return x, it, float(jnp.max(res)), tuple(history)
+  return x, it, float(nan_max(res)), tuple(history)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 6))
@@ -263,17 +272,17 @@ def _run_jax(k, mu, kind, params, b, tol, maxiter):
   state = (jnp.zeros_like(b), b, z, jnp.sum(b * z, axis=0), res0, 0, hist)
 
   def cond(s):
-    return (jnp.max(s[4]) > tol) & (s[5] < maxiter)
+    return (_worst(s[4]) > tol) & (s[5] < maxiter)
 
   def body(s):
     x, r, p, rz, res, it, hist = s
     x, r = _cg_step(x, r, p, rz, matvec(p), res > tol)
     p, rz = _cg_direction(r, precond(r), p, rz)
     res = jnp.linalg.norm(r, axis=0) / bnorm
-    return x, r, p, rz, res, it + 1, hist.at[it].set(jnp.max(res))
+    return x, r, p, rz, res, it + 1, hist.at[it].set(_worst(res))
 
   x, _, _, _, res, it, hist = jax.lax.while_loop(cond, body, state)
-  return x, it, jnp.max(res), hist
+  return x, it, nan_max(res), hist
 
 
 @dataclasses.dataclass(eq=False)
@@ -367,6 +376,10 @@ class _CGFactor:
              f"residual {res:.3g}) on the ({op.n}, {op.n}) kernel with "
              f"preconditioner={cfg.preconditioner!r}; raise maxiter, "
              f"diag_reg or the Nystrom rank.")
+      if np.isnan(res):
+        msg = (f"CG did not reach tol={tol:g}: some right-hand sides have "
+               f"NaN residuals (NaN or inf in them or in the kernel); the "
+               f"other columns were solved in {it} iterations.")
       if cfg.on_failure == "raise":
         raise ValueError(msg)
       warnings.warn(msg, RuntimeWarning, stacklevel=3)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._reduce import nan_max
+
 __all__ = ["odeint"]
 
 # Dormand & Prince (1980) tableau: nodes, stages, 5th- and 4th-order weights.
@@ -64,10 +66,11 @@ def _step(f, y, t, dt, k1):
 def _err_norm(err, y, y_new, rtol, atol):
   def leaf(e, a, b):
     scale = atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))
-    return jnp.max(jnp.abs(e) / scale, initial=0.)
+    # A NaN must reject the step, so the maximum keeps it (`nan_max`).
+    return nan_max(jnp.abs(e) / scale, initial=0.)
   leaves = jax.tree_util.tree_leaves(
       jax.tree_util.tree_map(leaf, err, y, y_new))
-  return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
+  return nan_max(jnp.stack(leaves)) if leaves else jnp.zeros(())
 
 
 def _change_small(y, y_new, rtol, atol):

@@ -68,6 +68,14 @@ def iteration_bar(progress, total: int, initial: int, desc: str):
               dynamic_ncols=True)
 
 
+def _worst(res: np.ndarray) -> float:
+  """The largest relative residual of the columns still iterating: a NaN
+  column (NaN or inf in its right-hand side) is left out, as no iteration
+  mends it; the final residual (NumPy's max, which keeps NaN) then reports
+  the solve as not converged."""
+  return float(np.max(np.where(np.isnan(res), 0., res), initial=0.))
+
+
 def pcg(matvec: Callable[[np.ndarray], np.ndarray],
         precond: Optional[Callable[[np.ndarray], np.ndarray]],
         b: np.ndarray, tol: float, maxiter: int, *,
@@ -115,7 +123,7 @@ def pcg(matvec: Callable[[np.ndarray], np.ndarray],
   res = np.linalg.norm(r, axis=0) / bnorm
   bar = iteration_bar(progress, maxiter, it, f"{name} iterations")
   try:
-    while it < maxiter and np.max(res) > tol:
+    while it < maxiter and _worst(res) > tol:
       active = res > tol
       ap = matvec(p)
       pap = np.sum(p * ap, axis=0)
@@ -130,7 +138,7 @@ def pcg(matvec: Callable[[np.ndarray], np.ndarray],
       rz = rz_new
       it += 1
       res = np.linalg.norm(r, axis=0) / bnorm
-      history.append(float(np.max(res)))
+      history.append(_worst(res))
       bar.update(1)
       bar.set_postfix_str(f"residual {history[-1]:.2e}")
       if checkpoint is not None and checkpoint_every and \
@@ -153,6 +161,11 @@ def pcg(matvec: Callable[[np.ndarray], np.ndarray],
            f"||b - A x|| / ||b|| is {residual:.3g}. The result is only an "
            f"approximation; raise maxiter or diag_reg, or improve the "
            f"preconditioner (a larger rank).")
+    if np.isnan(residual):
+      msg = (f"{name}: conjugate gradients did not reach tol={tol:g}: some "
+             f"right-hand sides have NaN residuals (NaN or inf in them or in "
+             f"the matrix); the other columns were solved in {it} "
+             f"iterations.")
     if on_failure == "raise":
       raise RuntimeError(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
