@@ -51,3 +51,13 @@ def test_no_derivative_is_needed_under_grad():
   f = lambda x: jnp.sum(x ** 2) * (nan_max(x) > 0)
   np.testing.assert_allclose(jax.grad(f)(jnp.arange(4.)),
                              2 * np.arange(4.))
+
+
+def test_float64():
+  with jax.enable_x64(True):
+    x = np.random.RandomState(1).randn(700, 700)
+    x[123, 456] = np.nan
+    got = jax.jit(nan_max)(x)
+    assert got.dtype == jnp.float64 and np.isnan(float(got))
+    x[123, 456] = 7.
+    assert float(nan_max(x, initial=0.)) == 7.
