@@ -88,3 +88,65 @@ def test_block_changing_structure_stays_unrolled():
   k = stax.serial(*layers)[2](x, None, "nngp")
   pooled = x.mean((1, 2))
   np.testing.assert_allclose(k, pooled @ pooled.T / 3, rtol=1e-5, atol=1e-7)
+
+
+# Every layer whose hyperparameters the shared program traces: a rule that
+# derived a value from them when built (b**2, a slope) made each layer's
+# closure hold a tracer of its own, so equal layers stopped comparing equal
+# and deep networks of them compiled unrolled.
+BLOCKS = {
+    "Erf": lambda: [stax.Erf(0.9, 1.1, 0.1)],
+    "ABRelu": lambda: [stax.ABRelu(-0.3, 1.2)],
+    "LeakyRelu": lambda: [stax.LeakyRelu(0.1)],
+    "Exp": lambda: [stax.Exp(0.5, 0.3)],
+    "Gaussian": lambda: [stax.Gaussian(1.0, -0.5)],
+    "Sin": lambda: [stax.Sin(1.0, 0.7, 0.2)],
+    "Cos": lambda: [stax.Cos(1.0, 0.7, 0.2)],
+    "Rbf": lambda: [stax.Rbf(0.5)],
+    "Gelu": lambda: [stax.Gelu()],
+    "ExpNormalized": lambda: [stax.ExpNormalized(1.0, -1.0)],
+    "RectifiedMonomial": lambda: [stax.RectifiedMonomial(2)],
+    "Hermite": lambda: [stax.LayerNorm(), stax.Hermite(2)],
+}
+
+
+def _deep_block(block, depth):
+  layers = [stax.Dense(64, 1.0, 0.0)]
+  for _ in range(depth):
+    layers += block() + [stax.Dense(64, 1.1, 0.2)]
+  return stax.serial(*layers)
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_hyperparameterized_layers_loop(name):
+  small = _equations(_deep_block(BLOCKS[name], 3)[2])
+  large = _equations(_deep_block(BLOCKS[name], 12)[2])
+  assert large <= small * 1.2, (name, small, large)
+
+
+@pytest.mark.parametrize("name", ["Erf", "ABRelu", "Cos", "Gaussian"])
+def test_hyperparameterized_loop_matches_unrolled(name, monkeypatch):
+  kernel_fn = _deep_block(BLOCKS[name], 6)[2]
+  k = kernel_fn(X, X[:2], ("nngp", "ntk"))
+  monkeypatch.setattr(runs, "MIN_REPEATS", 10**9)
+  monkeypatch.setattr(sharing, "record", lambda *args, **kwargs: None)
+  ref = _deep_block(BLOCKS[name], 6)[2](X, X[:2], ("nngp", "ntk"))
+  np.testing.assert_allclose(k.nngp, ref.nngp, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(k.ntk, ref.ntk, rtol=1e-5, atol=1e-7)
+
+
+def test_attention_blocks_loop():
+  x = np.random.RandomState(1).randn(2, 5, 3).astype(np.float32)
+
+  def net(depth):
+    layers = [stax.Dense(8)]
+    for _ in range(depth):
+      layers += [stax.GlobalSelfAttention(8, 2, 2, 1, W_key_std=1.1,
+                                          W_value_std=1.2, W_query_std=0.9,
+                                          b_std=0.1),
+                 stax.Relu(), stax.Dense(8, 1.2, 0.1)]
+    return stax.serial(*layers, stax.GlobalAvgPool(), stax.Dense(1))[2]
+
+  size = lambda kf: _n_equations(jax.make_jaxpr(
+      lambda x: kf(x, None, "nngp"))(x).jaxpr)
+  assert size(net(8)) <= size(net(3)) * 1.2

@@ -118,8 +118,10 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
   Params: ``(Q, K, V, W_out, b, pos_emb)`` with ``Q = None`` under linear
   scaling. Kernel: see the module docstring.
   """
-  QK_std = W_query_std * W_key_std
-  OV_std = W_out_std * W_value_std
+  # Products taken where used, not here: see `activations.base`,
+  # "Hyperparameters" (equal layers must stay equal under `sharing`).
+  qk_std = lambda: W_query_std * W_key_std
+  ov_std = lambda: W_out_std * W_value_std
   pos_emb_type = PositionalEmbedding(
       pos_emb_type.name if isinstance(pos_emb_type, enum.Enum)
       else pos_emb_type)
@@ -199,7 +201,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
     keys = heads_dot(x, K)
     queries = keys if linear_scaling else heads_dot(x, Q)
     g = queries @ jnp.swapaxes(keys, -1, -2)
-    g = g * QK_std / (x.shape[-1] * n_chan_key**(1 if linear_scaling
+    g = g * qk_std() / (x.shape[-1] * n_chan_key**(1 if linear_scaling
                                                  else 0.5))
     if mask is not None:
       m = jnp.all(mask, axis=ca, keepdims=True)
@@ -209,7 +211,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
     g = mech.fn()(g)
     heads = jnp.moveaxis(g @ values, 0, -1)
     heads = heads.reshape(heads.shape[:-2] + (-1,))
-    out = heads @ W_out * (OV_std / (n_chan_val * n_heads * xv.shape[-1])**0.5)
+    out = heads @ W_out * (ov_std() /
+                           (n_chan_val * n_heads * xv.shape[-1])**0.5)
     out = out.reshape((n,) + spatial_shape + (n_chan_out,))
     out = jnp.moveaxis(out, (0, -1), (batch_axis, ca))
     if b is not None:
@@ -271,8 +274,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
       fill = _NEG_INF if mech == AttentionMechanism.SOFTMAX else 0.0
       cov = jnp.where(m, jnp.asarray(fill, cov.dtype), cov)
     if mech == AttentionMechanism.SOFTMAX:
-      return jax.nn.softmax(QK_std * cov, axis=tuple(range(2, cov.ndim, 2)))
-    return mech.fn()(QK_std * cov)
+      return jax.nn.softmax(qk_std() * cov, axis=tuple(range(2, cov.ndim, 2)))
+    return mech.fn()(qk_std() * cov)
 
   def _contract(mat, g1, g2, both_batch):
     """``sum_{x', y'} g1[i, x, x'] mat[i, (j,) x', y'] g2[(j,) y, y']``."""
@@ -298,16 +301,16 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
     g2 = g1 if k.cov2 is None else _weights(k, cov2_i, k.mask2)
     pick = lambda plain, mixed: mixed if val_pos_emb else plain
     both = not k.diagonal_batch
-    cov1 = affine(_contract(pick(k.cov1, cov1_i), g1, g1, both), OV_std,
+    cov1 = affine(_contract(pick(k.cov1, cov1_i), g1, g1, both), ov_std(),
                   b_std)
     cov2 = None if k.cov2 is None else affine(
-        _contract(pick(k.cov2, cov2_i), g2, g2, both), OV_std, b_std)
-    nngp = affine(_contract(pick(k.nngp, nngp_i), g1, g2, True), OV_std,
+        _contract(pick(k.cov2, cov2_i), g2, g2, both), ov_std(), b_std)
+    nngp = affine(_contract(pick(k.nngp, nngp_i), g1, g2, True), ov_std(),
                   b_std)
     new_ntk = None
     if ntk is not None:
       base = nngp if b_std is None else nngp - b_std**2
-      new_ntk = affine(_contract(pick(ntk, ntk_i), g1, g2, True), OV_std,
+      new_ntk = affine(_contract(pick(ntk, ntk_i), g1, g2, True), ov_std(),
                        b_std) + 2 * base
     return k.replace(cov1=cov1, cov2=cov2, nngp=nngp, ntk=new_ntk,
                      is_gaussian=True, is_input=False)
@@ -324,7 +327,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
     d11 = dot(cov1_i, None if val_pos_emb else k.cov1, cb)
     d12 = dot(nngp_i, None if val_pos_emb else k.nngp, 2)
     d22 = dot(cov2_i, None if val_pos_emb else k.cov2, cb)
-    std = QK_std * OV_std
+    std = qk_std() * ov_std()
     nngp = affine(d12 * nngp_i, std, b_std)
     cov1 = affine(d11 * cov1_i, std, b_std)
     cov2 = None if d22 is None else affine(d22 * cov2_i, std, b_std)

@@ -13,12 +13,15 @@ Two layers are the same when they are the same object, or when they are
 same name, requirements and code, and closures holding equal plain values
 (numbers, strings, tuples, frozen dataclasses, ...) or, recursively, the
 same functions. Anything else (arrays, foreign objects) must be the
-identical object. A run whose block
-does not keep the kernel's structure is left unrolled.
+identical object. A run whose block does not keep the kernel's structure,
+or a run too short for a loop to compile faster (`MIN_REPEATS`;
+`MIN_REPEATS_NO_SPATIAL` for blocks on covariances without spatial axes),
+is left unrolled.
 """
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import functools
 import types
 from typing import Callable, Sequence
@@ -26,16 +29,24 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ..kernel import Kernel
+from .covariance import n_spatial
 from .overflow import FlagRecorder
 
 __all__ = ["find_runs", "same_layer", "scan_block"]
 
 # A run of fewer repetitions is left unrolled: the loop would not pay off.
 MIN_REPEATS = 3
+# Nor, on covariances without spatial axes (Dense and activation blocks,
+# cheap to compile), does a run of fewer than this many: their first call
+# compiled faster unrolled at 3 and 4 repetitions and looped from 6 on,
+# while convolutional blocks loop faster from 3 or 4 (benchmarks/
+# ISSUE15.md, section 13).
+MIN_REPEATS_NO_SPATIAL = 5
 # Longest block searched for (layers per repetition).
 MAX_PERIOD = 8
 _MAX_DEPTH = 8
-_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+_PLAIN = (int, float, complex, str, bytes, bool, type(None), fractions.Fraction)
 
 
 def _same_value(a, b, depth: int) -> bool:
@@ -136,6 +147,15 @@ def _avals(shapes):
                    for x in leaves]
 
 
+def _min_loop(k) -> int:
+  """Repetitions from which a run carrying ``k`` compiles as a loop."""
+  kernels = jax.tree_util.tree_leaves(
+      k, is_leaf=lambda l: isinstance(l, Kernel))
+  if any(isinstance(kk, Kernel) and n_spatial(kk) for kk in kernels):
+    return MIN_REPEATS
+  return MIN_REPEATS_NO_SPATIAL
+
+
 def scan_block(block: Callable, k, repeats: int, flags: FlagRecorder):
   """``block`` applied ``repeats`` times to ``k``; a loop where it can be.
 
@@ -153,7 +173,8 @@ def scan_block(block: Callable, k, repeats: int, flags: FlagRecorder):
   if repeats == 1:
     return k
   out = jax.eval_shape(lambda x: block(x, FlagRecorder()), k)
-  if _avals(out) != _avals(jax.eval_shape(lambda x: x, k)):
+  if (_avals(out) != _avals(jax.eval_shape(lambda x: x, k))
+      or repeats < _min_loop(k)):
     for _ in range(repeats - 1):
       k = block(k, flags)
     return k

@@ -22,10 +22,10 @@ from .base import elementwise_layer, homogeneous_rescale, sine_and_angle
 
 
 def abrelu_rule(a: float, b: float):
-  slope = (a - b)**2 / (2 * jnp.pi)
-  mean_sq = (a**2 + b**2) / 2
-
   def pair_rule(cov, var1, var2, ntk):
+    # Derived here, not outside: see `activations.base`, "Hyperparameters".
+    slope = (a - b)**2 / (2 * jnp.pi)
+    mean_sq = (a**2 + b**2) / 2
     root, theta = sine_and_angle(cov, var1, var2)
     dot = mean_sq - slope * theta
     new = slope * root + dot * cov

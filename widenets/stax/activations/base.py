@@ -4,6 +4,14 @@ An activation ``phi`` maps a Gaussian pre-activation kernel to
 ``nngp' = E[phi(u) phi(v)]`` and ``ntk' = ntk * E[phi'(u) phi'(v)]`` where
 ``(u, v) ~ N(0, [[var1, cov], [cov, var2]])``. Each activation supplies only
 that pairwise rule; `covariance.map_pairwise` applies it to every covariance.
+
+Hyperparameters: a rule computes what it derives from its layer's
+hyperparameters (``b**2``, slopes, ``cos(2 c)``) inside ``pair_rule``, never
+when the layer is built. A network call runs with the hyperparameters as
+traced values (`sharing`), equal values as one tracer; a value derived at
+build time would be a new tracer in every layer, so equal layers would no
+longer compare equal and a deep network would not run as one loop (`runs`;
+tests/stax/test_runs_hyperparameters.py checks every activation).
 """
 from __future__ import annotations
 

@@ -23,9 +23,8 @@ from .base import elementwise_layer
 
 
 def erf_rule(a: float, b: float, c: float):
-  b2 = b**2
-
   def pair_rule(cov, var1, var2, ntk):
+    b2 = b**2  # here, not outside: see `activations.base`, "Hyperparameters"
     # root**2 = p1 p2 - 4 b**4 cov**2 is at least p1 + p2 - 1 =
     # 1 + 2 b**2 (var1 + var2) wherever |cov| <= sqrt(var1 var2) (Cauchy-
     # Schwarz), and held there against round-off: in a chaotic deep network

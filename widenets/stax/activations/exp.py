@@ -24,9 +24,8 @@ from .base import correlation, elementwise_layer, safe_sqrt
 
 
 def exp_rule(a: float, b: float):
-  b2 = b**2
-
   def pair_rule(cov, var1, var2, ntk):
+    b2 = b**2  # here, not outside: see `activations.base`, "Hyperparameters"
     new = a**2 * jnp.exp(b2 * (0.5 * (var1 + var2) + cov))
     return new, (None if ntk is None else ntk * b2 * new)
 
@@ -42,9 +41,9 @@ def Exp(a: float = 1.0, b: float = 1.0):
 
 
 def gaussian_rule(a: float, b: float):
-  four_b2 = 4 * b**2
-
   def pair_rule(cov, var1, var2, ntk):
+    # Derived here, not outside: see `activations.base`, "Hyperparameters".
+    four_b2 = 4 * b**2
     prod = (1 - 2 * b * var1) * (1 - 2 * b * var2)
     det = safe_sqrt(prod - four_b2 * cov**2)
     new = a**2 / det

@@ -20,12 +20,13 @@ from ..sharing import hyperparameters
 from .base import elementwise_layer
 
 
-def sin_rule(a: float, b: float, c: float):
-  b2 = b**2
-  half_a2 = a**2 / 2
-  cos2c = jnp.cos(2 * c)
-
+def sin_rule(a: float, b: float, c: float, phase: float = 0.0):
+  """The rule of ``a * sin(b * x + c + phase)``."""
   def pair_rule(cov, var1, var2, ntk):
+    # Derived here, not outside: see `activations.base`, "Hyperparameters".
+    b2 = b**2
+    half_a2 = a**2 / 2
+    cos2c = jnp.cos(2 * (c + phase))
     centre = -0.5 * b2 * (var1 + var2)
     plus = jnp.exp(centre + b2 * cov)
     minus = cos2c * jnp.exp(centre - b2 * cov)
@@ -47,7 +48,9 @@ def Sin(a: float = 1.0, b: float = 1.0, c: float = 0.0):
 @hyperparameters("a", "b", "c")
 def Cos(a: float = 1.0, b: float = 1.0, c: float = 0.0):
   """``a * cos(b * x + c) = a * sin(b * x + c + pi / 2)``."""
-  return Sin(a=a, b=b, c=c + jnp.pi / 2)
+  return elementwise_layer(lambda x: a * jnp.cos(b * x + c),
+                           f"Cos({a}, {b}, {c})",
+                           sin_rule(a, b, c, phase=jnp.pi / 2))
 
 
 def rbf_rule(gamma: float):
