@@ -202,7 +202,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
     queries = keys if linear_scaling else heads_dot(x, Q)
     g = queries @ jnp.swapaxes(keys, -1, -2)
     g = g * qk_std() / (x.shape[-1] * n_chan_key**(1 if linear_scaling
-                                                 else 0.5))
+                                                   else 0.5))
     if mask is not None:
       m = jnp.all(mask, axis=ca, keepdims=True)
       m = jnp.moveaxis(m, (batch_axis, ca), (0, -1)).reshape(1, n, 1, -1)

@@ -11,7 +11,7 @@ when the layer is built. A network call runs with the hyperparameters as
 traced values (`sharing`), equal values as one tracer; a value derived at
 build time would be a new tracer in every layer, so equal layers would no
 longer compare equal and a deep network would not run as one loop (`runs`;
-tests/stax/test_runs_hyperparameters.py checks every activation).
+tests/robustness/test_deep_serial.py checks every such activation).
 """
 from __future__ import annotations
 
