@@ -159,3 +159,21 @@ def test_step_error_keeps_nan_of_large_states():
   err["a"] = jnp.asarray(bad)
   assert np.isnan(float(_err_norm(err, y, y, 1e-6, 1e-6)))
   assert np.isnan(float(jax.jit(_err_norm)(err, y, y, 1e-6, 1e-6)))
+
+
+def test_nan_step_is_retried_shorter():
+  # A long step overshoots into the region where the field is NaN: a shorter
+  # step mends it (the NaN error used to grow the step, and the last finite
+  # state was returned for every later time).
+  f = lambda y, t: jnp.where(y < 0, jnp.nan, -5. * y)
+  ts = np.array([0., 1., 3., 6.])
+  ys = predict.odeint(f, jnp.ones(2), jnp.asarray(ts), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(ys[:, 0], np.exp(-5 * ts), rtol=2e-2)
+
+
+def test_nan_field_gives_nan_not_a_stale_state():
+  f = lambda y, t: jnp.where(t > 0.5, jnp.nan, -y)
+  ts = jnp.array([0., 0.3, 1., 2., jnp.inf])
+  ys = np.asarray(predict.odeint(f, jnp.ones(3), ts))
+  np.testing.assert_allclose(ys[1], np.exp(-0.3), rtol=1e-5)
+  assert np.isnan(ys[2:]).all()

@@ -96,6 +96,7 @@ def odeint(f: Callable, y0, ts: jax.Array, rtol: float = 1.4e-8,
   leaves = jax.tree_util.tree_leaves(y0)
   dtype = jnp.result_type(*leaves) if leaves else ts.dtype
   ts = ts.astype(dtype)
+  eps = float(jnp.finfo(dtype).eps)
   t0 = ts[0]
   k1 = f(y0, t0)
 
@@ -122,16 +123,27 @@ def odeint(f: Callable, y0, ts: jax.Array, rtol: float = 1.4e-8,
       h = jnp.where(infinite, dt, jnp.minimum(dt, target - t))
       y_new, k_new, err = _step(f, y, t, h, k1)
       e = _err_norm(err, y, y_new, rtol, atol)
-      accept = e <= 1.
-      factor = jnp.clip(0.9 * jnp.where(e > 0, e, 1e-10) ** -0.2, 0.2, 10.)
+      # A NaN error is retried with ever shorter steps (a step too long for
+      # a fast-growing field can overflow); once the step cannot shrink, the
+      # field itself is NaN there and so is the state from then on, rather
+      # than the last finite state standing for the times not reached.
+      nan = jnp.isnan(e)
+      failed = nan & (h <= 4 * eps * jnp.maximum(jnp.abs(t), 1.))
+      accept = (e <= 1.) | failed
+      factor = jnp.where(
+          nan, 0.2,
+          jnp.clip(0.9 * jnp.where(e > 0, e, 1e-10) ** -0.2, 0.2, 10.))
       new_dt = jnp.asarray(h * factor, dtype)
       # Keep the unclipped step size when only clipped to hit the target.
-      new_dt = jnp.where(accept & (h < dt), jnp.maximum(new_dt, dt), new_dt)
+      new_dt = jnp.where(accept & (h < dt) & ~failed,
+                         jnp.maximum(new_dt, dt), new_dt)
       reached = jnp.where(infinite, accept & _change_small(y, y_new, rtol,
                                                            atol),
-                          accept & (h >= target - t))
+                          accept & (h >= target - t)) | failed
       t_new = jnp.where(accept, jnp.where(reached & ~infinite, target, t + h),
                         t)
+      y_new = jax.tree_util.tree_map(
+          lambda x: jnp.where(failed, jnp.nan, x), y_new)
       pick = lambda a, b: jax.tree_util.tree_map(
           lambda x, z: jnp.where(accept, x, z), a, b)
       return (pick(y_new, y), t_new, new_dt, pick(k_new, k1), steps + 1,
