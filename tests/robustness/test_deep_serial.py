@@ -117,6 +117,7 @@ def _deep_block(block, depth):
   return stax.serial(*layers)
 
 
+@pytest.mark.filterwarnings("ignore:Hermite. the kernel assumes")
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_hyperparameterized_layers_loop(name):
   small = _equations(_deep_block(BLOCKS[name], 3)[2])
