@@ -71,8 +71,10 @@ def test_runs_only_join_equal_layers():
              stax.Elementwise(lambda x: jnp.cos(x), lambda c, v1, v2: c)[2],
              stax.Elementwise(lambda x: jnp.sin(x), lambda c, v1, v2: c)[2]]
   assert not runs.same_layer(lambdas[0], lambdas[1])
-  pair = [stax.Dense(8)[2], stax.Relu()[2]] * 3
-  assert runs.find_runs(pair) == [(0, 2, 3)]
+  pair = [stax.Dense(8)[2], stax.Relu()[2]] * runs.MIN_REPEATS
+  assert runs.find_runs(pair) == [(0, 2, runs.MIN_REPEATS)]
+  # Too short a run for a loop to pay off.
+  assert runs.find_runs(pair[:-2]) == [(i, 1, 1) for i in range(len(pair) - 2)]
   # Equal layers built separately, every family with parameters.
   for make in (lambda: stax.Conv(8, (3, 3), padding="SAME", W_std=1.4),
                lambda: stax.ConvTranspose(8, (3, 3), padding="SAME"),
@@ -151,3 +153,37 @@ def test_attention_blocks_loop():
   size = lambda kf: _n_equations(jax.make_jaxpr(
       lambda x: kf(x, None, "nngp"))(x).jaxpr)
   assert size(net(8)) <= size(net(3)) * 1.2
+
+
+def _residual_net(depth, conv=False):
+  def block():
+    if conv:
+      main = stax.serial(stax.Relu(), stax.Conv(8, (3, 3), padding="SAME",
+                                                W_std=1.2, b_std=0.1))
+    else:
+      main = stax.serial(stax.Erf(), stax.Dense(64, 1.1, 0.1))
+    return stax.serial(stax.FanOut(2), stax.parallel(main, stax.Identity()),
+                       stax.FanInSum())
+  first = (stax.Conv(8, (3, 3), padding="SAME") if conv
+           else stax.Dense(64, 1.0, 0.0))
+  tail = [stax.GlobalAvgPool()] if conv else []
+  return stax.serial(first, *[block() for _ in range(depth)], *tail,
+                     stax.Relu(), stax.Dense(1))[2]
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_residual_blocks_loop(conv, monkeypatch):
+  # Residual blocks hold their layers deep in nested closures (serial of
+  # parallel of serial); they must still compare equal and loop.
+  x = (np.random.RandomState(2).randn(3, 4, 4, 2).astype(np.float32) if conv
+       else X)
+  size = lambda kf: _n_equations(jax.make_jaxpr(
+      lambda x: kf(x, None, ("nngp", "ntk")))(x).jaxpr)
+  looped = _residual_net(9, conv)
+  assert size(looped) <= size(_residual_net(5, conv)) * 1.2
+  k = looped(x, x[:2], ("nngp", "ntk"))
+  monkeypatch.setattr(runs, "MIN_REPEATS", 10**9)
+  monkeypatch.setattr(sharing, "record", lambda *args, **kwargs: None)
+  ref = _residual_net(9, conv)(x, x[:2], ("nngp", "ntk"))
+  np.testing.assert_allclose(k.nngp, ref.nngp, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(k.ntk, ref.ntk, rtol=1e-5, atol=1e-7)

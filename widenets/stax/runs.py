@@ -35,17 +35,19 @@ from .overflow import FlagRecorder
 
 __all__ = ["find_runs", "same_layer", "scan_block"]
 
-# A run of fewer repetitions is left unrolled: the loop would not pay off.
+# A run of fewer repetitions is left unrolled: the loop would not pay off
+# (first calls, benchmarks/ISSUE15.md section 13: 3 x (Conv + Relu) and 4
+# x (Conv + Relu) faster looped; 3 equal residual blocks about even).
 MIN_REPEATS = 3
 # Nor, on covariances without spatial axes (Dense and activation blocks,
-# cheap to compile), does a run of fewer than this many: their first call
-# compiled faster unrolled at 3 and 4 repetitions and looped from 6 on,
-# while convolutional blocks loop faster from 3 or 4 (benchmarks/
-# ISSUE15.md, section 13).
+# cheap to compile), does a run of fewer than this many: they compiled
+# faster unrolled at 3 and 4 repetitions and looped from 6 on.
 MIN_REPEATS_NO_SPATIAL = 5
 # Longest block searched for (layers per repetition).
 MAX_PERIOD = 8
-_MAX_DEPTH = 8
+# How deep closures are compared: a residual block (serial of parallel of
+# serial) holds its layers about 20 levels down.
+_MAX_DEPTH = 24
 _PLAIN = (int, float, complex, str, bytes, bool, type(None), fractions.Fraction)
 
 
