@@ -312,21 +312,11 @@ def same_inputs(x1, x2):
   if t1 != t2 or any(np.shape(a) != np.shape(b) for a, b in zip(l1, l2)):
     return np.bool_(False)
   xp = np if all(isinstance(a, np.ndarray) for a in l1 + l2) else jnp
+  # Traced: `nan_max` (one XLA kernel; a one-operand reduction of more than
+  # 32 entries is two, a boolean all-reduction three, and a large
+  # one-operand max-reduction skips NaN: see `widenets._reduce`).
   same = [(xp.all(xp.abs(a - b) < SAME_INPUTS_TOL) if xp is np
-           else _largest_gap(a, b) < SAME_INPUTS_TOL)
+           else nan_max(jnp.abs(a - b), initial=0) < SAME_INPUTS_TOL)
           if xp.issubdtype(xp.result_type(a, b), xp.inexact)
           else xp.all(a == b) for a, b in zip(l1, l2)]
   return xp.all(xp.asarray(same)) if same else np.bool_(True)
-
-
-def _largest_gap(a, b):
-  """``max |a - b|`` of two arrays of one shape (NaN if either holds a
-  NaN; 0 if empty), as one XLA kernel.
-
-  `nan_max` (a two-operand reduction) on purpose: XLA:CPU splits a
-  one-operand reduction of more than 32 entries into two kernels (and a
-  boolean all-reduction into three), and a large one-operand max-reduction
-  skips NaN (see `widenets._reduce`).
-  """
-  return nan_max(jnp.abs(a - b), initial=0)
-

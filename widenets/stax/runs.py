@@ -158,6 +158,13 @@ def _min_loop(k) -> int:
   return MIN_REPEATS_NO_SPATIAL
 
 
+def _keeps_structure(block: Callable, k) -> bool:
+  """Whether one more repetition of ``block`` leaves ``k``'s structure,
+  shapes and dtypes as they are (a loop carry must)."""
+  out = jax.eval_shape(lambda x: block(x, FlagRecorder()), k)
+  return _avals(out) == _avals(jax.eval_shape(lambda x: x, k))
+
+
 def scan_block(block: Callable, k, repeats: int, flags: FlagRecorder):
   """``block`` applied ``repeats`` times to ``k``; a loop where it can be.
 
@@ -174,9 +181,8 @@ def scan_block(block: Callable, k, repeats: int, flags: FlagRecorder):
   k = block(k, flags)  # fixes the carried structure
   if repeats == 1:
     return k
-  out = jax.eval_shape(lambda x: block(x, FlagRecorder()), k)
-  if (_avals(out) != _avals(jax.eval_shape(lambda x: x, k))
-      or repeats < _min_loop(k)):
+  # The cheap test first: a short run is not traced once more for nothing.
+  if repeats < _min_loop(k) or not _keeps_structure(block, k):
     for _ in range(repeats - 1):
       k = block(k, flags)
     return k
