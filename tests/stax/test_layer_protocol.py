@@ -333,3 +333,23 @@ def test_symmetric_psd_and_x2_none(arch, seed, scale, parameterization):
   k_joint = kernel_fn(jnp.concatenate([x, x2]), None, "nngp")
   np.testing.assert_allclose(k12, k_joint[:7, 7:], rtol=1e-4,
                              atol=1e-5 * float(jnp.max(jnp.abs(k_joint))))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_small_x2_none_is_exactly_symmetric(jit):
+  # Found by the test above: with the mirror fused into the kernel's last
+  # layer, XLA computed K[4, 6] at two loop positions and the two copies
+  # differed by an ulp (NTK, standard parameterization).
+  layers = []
+  for act, W_std, b_std in [("leaky", 2.0, None), ("erf", 1.0, None),
+                            ("erf", 1.5, 0.0)]:
+    layers += [stax.Dense(32, W_std=W_std, b_std=b_std,
+                          parameterization="standard"), _ACTS[act]()]
+  layers.append(stax.Dense(1, W_std=1.5, b_std=0.0,
+                           parameterization="standard"))
+  kernel_fn = stax.serial(*layers)[2]
+  if jit:
+    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+  for m in kernel_fn(x, None, get=("nngp", "ntk")):
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(m).T)

@@ -556,12 +556,20 @@ class KernelFn:
       extra = ([kk.nngp for kk in inputs] if c["small"] else
                [v for kk in inputs for v in (kk.cov1, kk.cov2)
                 if v is not None])
-    if c["small"]:
-      # Checked as the user sees them: no boundary before the mirror, so
-      # the last layer fuses into it (fewer kernels to compile; a small
-      # program's first call is mostly XLA's compile).
+    if c["small"] and not c["mirror"]:
+      # Checked as the user sees them: no boundary, so the last layer fuses
+      # into the check (fewer kernels to compile; a small program's first
+      # call is mostly XLA's compile).
       out, ok = _guard(finish(out), c["get"], c.get("check"), boundary=False,
                        extra=extra)
+    elif c["small"]:
+      # Checked before the mirror: the check's reduction makes XLA write
+      # the kernel out once, and the mirror copies those values. Fused
+      # into one loop, the mirror recomputed each entry at two positions,
+      # and the two copies could differ by an ulp.
+      out, ok = _guard(out, c["get"], c.get("check"), boundary=False,
+                       extra=extra)
+      out = finish(out)
     else:
       out, ok = _guard(out, c["get"], c.get("check"), extra=extra)
       out = finish(out)
