@@ -30,7 +30,7 @@ import numpy as np
 
 from ..axes import spatial_axes
 from ..kernel import Kernel
-from . import masking
+from . import draws, masking
 from .dense import affine
 from .layer import Requirements, layer
 from .sharing import hyperparameters
@@ -142,20 +142,20 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int,
       pe_shape = list(input_shape)
       pe_shape[ca] = n_pe
       pe_shape[batch_axis] = 1
-      pos_emb = jax.random.normal(r_pe, tuple(pe_shape))
+      pos_emb = draws.normal(r_pe, tuple(pe_shape))
       if pos_emb_type == PositionalEmbedding.CONCAT:
         n_keys += n_pe
         if val_pos_emb:
           n_vals += n_pe
-    K = jax.random.normal(r_k, (n_heads, n_keys, n_chan_key))
-    V = jax.random.normal(r_v, (n_heads, n_vals, n_chan_val))
-    W_out = jax.random.normal(r_o, (n_chan_val * n_heads, n_chan_out))
+    K = draws.normal(r_k, (n_heads, n_keys, n_chan_key))
+    V = draws.normal(r_v, (n_heads, n_vals, n_chan_val))
+    W_out = draws.normal(r_o, (n_chan_val * n_heads, n_chan_out))
     b = None
     if b_std is not None:
       b_shape = [1] * len(input_shape)
       b_shape[ca] = n_chan_out
-      b = jax.random.normal(r_b, tuple(b_shape))
-    Q = None if linear_scaling else jax.random.normal(
+      b = draws.normal(r_b, tuple(b_shape))
+    Q = None if linear_scaling else draws.normal(
         r_q, (n_heads, n_keys, n_chan_key))
     return out_shape, (Q, K, V, W_out, b, pos_emb)
 

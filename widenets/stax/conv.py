@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from ..kernel import Kernel
-from . import masking, stencil, validation
+from . import draws, masking, stencil, validation
 from .dense import affine_kernel, check_parameterization
 from .layer import Requirements, layer
 from .sharing import hyperparameters
@@ -139,14 +139,14 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
     rhs_shape = conv_kernel_shape(input_shape, width)
     k1, k2 = jax.random.split(rng)
     if shared:
-      W = jax.random.normal(k1, rhs_shape)
-      b = jax.random.normal(k2, tuple(width if c == "C" else 1
+      W = draws.normal(k1, rhs_shape)
+      b = draws.normal(k2, tuple(width if c == "C" else 1
                                       for c in out_spec))
     else:
-      W = jax.random.normal(k1, tuple(
+      W = draws.normal(k1, tuple(
           out_chan if c == "O" else int(np.prod(rhs_shape)) // out_chan
           if c == "I" else out[out_spec.index(c)] for c in rhs_spec))
-      b = jax.random.normal(k2, tuple(1 if c == "N" else out[i]
+      b = draws.normal(k2, tuple(1 if c == "N" else out[i]
                                       for i, c in enumerate(out_spec)))
     if b_std is None:
       b = None

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from ..kernel import Kernel
-from . import covariance, validation
+from . import covariance, draws, validation
 from .layer import layer
 from .requirements import Requirements
 from .sharing import hyperparameters
@@ -103,12 +103,12 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = None,
     ndim = len(input_shape)
     ca = channel_axis % ndim
     k1, k2 = jax.random.split(rng)
-    W = jax.random.normal(k1, (input_shape[ca], width))
+    W = draws.normal(k1, (input_shape[ca], width))
     b = None
     if b_std is not None:
       b_shape = [1] * ndim
       b_shape[ca] = width
-      b = jax.random.normal(k2, tuple(b_shape))
+      b = draws.normal(k2, tuple(b_shape))
     if parameterization == "standard":
       W = W * W_std / (input_shape[ca] / s[0]) ** 0.5
       b = None if b is None else b * b_std
