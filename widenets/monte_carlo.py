@@ -173,7 +173,9 @@ def monte_carlo_kernel_fn(
         weights = jnp.ones((take,), jnp.float32)
         if take < size:  # pad to the compiled chunk size with zero weight
           keys = jnp.concatenate([keys, all_keys[:size - take]])
-          weights = jnp.concatenate([weights, jnp.zeros((size - take,))])
+          # float32 as compiled: a default-dtype pad is float64 under x64.
+          weights = jnp.concatenate(
+              [weights, jnp.zeros((size - take,), jnp.float32)])
         part = compiled(keys, weights, x1, x2, kwargs[0])
         total = part if total is None else tree_map(jnp.add, total, part)
         done += take

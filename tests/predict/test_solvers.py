@@ -36,7 +36,8 @@ def test_failed_cholesky_regularizes_with_warning(singular):
 
 def test_failed_cholesky_raise_and_nan_options(singular):
   s = singular
-  with pytest.raises(ValueError, match=r"\(15, 15\) float32 train-train "
+  dtype = np.dtype(s["k"].nngp.dtype).name  # float64 under x64
+  with pytest.raises(ValueError, match=rf"\(15, 15\) {dtype} train-train "
                      r"kernel failed at diag_reg=0"):
     predict.gp_inference(s["k"].nngp, s["y"],
                          solver=predict.Cholesky(on_failure="raise"))(
@@ -113,13 +114,16 @@ def test_nan_kernel_is_a_clear_error():
 
 def test_float64_on_request_without_x64(singular):
   s = singular
-  solver = predict.Cholesky(dtype="float64")
-  pf = predict.gp_inference(s["k"].nngp, s["y"], diag_reg=1e-6,
-                            solver=solver)
-  out = pf("nngp", s["k"].nngp)
+  # The subject needs x64 off: switch it off here (a no-op without x64),
+  # with the fixture's kernel as float32, what it is without x64.
+  k, y = np.asarray(s["k"].nngp, np.float32), np.asarray(s["y"], np.float32)
+  with jax.enable_x64(False):
+    assert not jax.config.jax_enable_x64
+    solver = predict.Cholesky(dtype="float64")
+    pf = predict.gp_inference(k, y, diag_reg=1e-6, solver=solver)
+    out = pf("nngp", k)
   assert out.dtype == jnp.float32
-  assert not jax.config.jax_enable_x64
-  np.testing.assert_allclose(out, s["y"], atol=1e-3)
+  np.testing.assert_allclose(out, y, atol=1e-3)
 
 
 def test_check_psd():
@@ -180,7 +184,7 @@ def test_cg_ill_conditioned_needs_preconditioner(fc_kernel):
   x, info = predict.cg_solve(k, y, diag_reg=1e-6, tol=1e-6, rank=200,
                              maxiter=600, dtype="float64")
   assert info.converged and info.iterations < 600
-  assert x.dtype == jnp.float32
+  assert x.dtype == k.dtype  # the kernel's (float64 under x64)
   err = float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref))
   assert err < 1e-3, err
 

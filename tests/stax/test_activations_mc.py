@@ -45,8 +45,12 @@ GROUPS = {
 def test_mixed_networks_match_monte_carlo(group):
   x1, x2 = inputs()
   # Four activations deep, 32 finite networks of width 512: ~3-6% Monte
-  # Carlo noise on the small cross-block entries.
-  check_against_mc(_mixed(*GROUPS[group]), x1, x2, n_samples=32, tol=0.08)
+  # Carlo noise on the small cross-block entries. The exponential and
+  # polynomial group's heavier tails: 32 networks gave up to 9% with the
+  # float64 draws of x64 mode (4% float32), 64 give 2-4%, 128 0.3-2.5%.
+  n_samples = 64 if group == "exp_poly" else 32
+  check_against_mc(_mixed(*GROUPS[group]), x1, x2, n_samples=n_samples,
+                   tol=0.08)
 
 
 SLOW = {

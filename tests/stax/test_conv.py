@@ -124,6 +124,22 @@ def test_init_shapes_match_kernel_shapes(cls, dn, shape):
   assert k.nngp.ndim == 2 + 2 * n_out_spatial
 
 
+@pytest.mark.parametrize("cls", ["Conv", "ConvTranspose", "ConvLocal"])
+def test_float32_inputs_with_x64_parameters(cls):
+  # Under x64 `init_fn` draws float64 weights; float32 inputs then give
+  # float64 outputs, as Dense's matmul does (lax's convolutions alone
+  # refuse mixed dtypes).
+  with jax.enable_x64(True):
+    init_fn, apply_fn, _ = getattr(stax, cls)(4, (3, 2), b_std=0.1)
+    _, params = init_fn(jax.random.PRNGKey(0), (2, 5, 6, 3))
+    assert params[0].dtype == jnp.float64
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 5, 6, 3), jnp.float32)
+    out = apply_fn(params, x)
+    ref = apply_fn(params, x.astype(jnp.float64))
+    assert out.dtype == jnp.float64
+    np.testing.assert_array_equal(out, ref)
+
+
 def test_conv_params_like_neural_tangents():
   # Shapes and RNG splitting of jax.example_libraries.stax.GeneralConv with
   # normal(1) initializers; b drawn from the second key.

@@ -133,6 +133,21 @@ def test_overflow_under_transformations_names_the_layer(transform, with_x2):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jit", [False, True])
+def test_overflow_of_float32_inputs_under_x64_says_float32(jit):
+  # With x64 on, a float32 kernel still overflows float32: the message
+  # names the kernel's dtype (not JAX's default float) and says what to do.
+  kernel_fn = _overflowing_relu()
+  if jit:
+    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+  x = _x(5, 0, np.float32)
+  with jax.enable_x64(True):
+    with pytest.raises((KernelOverflowError,) + TRACED_ERRORS,
+                       match=r"overflowed float32.*Pass float64 inputs"):
+      jax.block_until_ready(kernel_fn(x, None, "ntk"))
+    assert kernel_fn(x.astype(np.float64), None, "ntk").dtype == np.float64
+
+
 def test_overflow_in_traced_hyperparameters_names_the_layer():
   kernel_fn = stax.serial(*([stax.Dense(8, W_std=1.0), stax.Relu()] * 8),
                           stax.Dense(1))[2]
@@ -143,10 +158,12 @@ def test_overflow_in_traced_hyperparameters_names_the_layer():
     scaled = jax.tree_util.tree_map(lambda v: v * w, hyper)
     return sharing.with_hyperparameters(kernel_fn, scaled)(x, None, "ntk")
 
-  np.testing.assert_allclose(jax.vmap(ntk)(jnp.ones(2))[0], ntk(1.0),
-                             rtol=2e-6)
+  # float32 scales: float64 ones (the default under x64) would make the
+  # kernel float64, which does not overflow.
+  np.testing.assert_allclose(jax.vmap(ntk)(jnp.ones(2, jnp.float32))[0],
+                             ntk(1.0), rtol=2e-6)
   with pytest.raises(TRACED_ERRORS, match=OVERFLOW):
-    jax.block_until_ready(jax.vmap(ntk)(jnp.array([1.0, 1e3])))
+    jax.block_until_ready(jax.vmap(ntk)(jnp.array([1.0, 1e3], jnp.float32)))
 
 
 @pytest.mark.parametrize("transform", ["jit", "vmap", "grad"])

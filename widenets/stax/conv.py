@@ -96,6 +96,10 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
     return input_shape[lhs_spec.index("C")] * int(np.prod(filter_shape))
 
   def lax_conv(x, W, pad):
+    # As Dense's matmul does: float32 inputs with the float64 weights that
+    # `init_fn` draws under x64 (lax's convolutions need equal dtypes).
+    dtype = jnp.promote_types(x.dtype, W.dtype)
+    x, W = x.astype(dtype), W.astype(dtype)
     if transpose:
       return lax.conv_transpose(x, W, strides, pad,
                                 dimension_numbers=dimension_numbers)

@@ -203,7 +203,8 @@ class _Rerun:
     if found and found[0] is not None:
       raise found[0]
     raise KernelOverflowError(
-        overflow_message(self.network.name) + " (Call kernel_fn outside "
+        overflow_message(self.network.name, _float_dtype(x1)) +
+        " (Call kernel_fn outside "
         "jax.jit / grad / vmap on the same inputs to name the layer.)")
 
   def _rerun(self, c: dict, x1, x2, dynamic, hyper):
@@ -213,8 +214,13 @@ class _Rerun:
           jax.default_device(jax.devices("cpu")[0]):
         network = self.network
         if self.node is not None:
+          # Python numbers back to Python numbers: as float64 arrays (under
+          # x64) they would promote a float32 kernel to float64.
+          weak = c.get("weak_hyper", (False,) * len(hyper))
           values = jax.tree_util.tree_unflatten(
-              jax.tree_util.tree_structure(self.node.hyper), list(hyper))
+              jax.tree_util.tree_structure(self.node.hyper),
+              [h.item() if w and np.ndim(h) == 0 else h
+               for h, w in zip(hyper, weak)])
           network = self.node.rebuild(values)[2]
         kwargs = dict(dict(c["static"]), **dynamic)
         mask_constant = kwargs.pop(MASK_KEY, c["mask_constant"])
@@ -247,7 +253,14 @@ def _raise_on_bad_inputs(name: str, x1, x2) -> None:
 def _report_network(name: str, x1=None, x2=None) -> None:
   if x1 is not None:  # the inputs, when the flag covers them too
     _raise_on_bad_inputs(name, x1, x2)
-  raise KernelOverflowError(overflow_message(name))
+  raise KernelOverflowError(overflow_message(name, _float_dtype(x1)))
+
+
+def _float_dtype(tree):
+  """The floating dtype a kernel of ``tree``'s arrays is computed in (that
+  of its first leaf, promoted with a Python float), or None."""
+  leaves = [l for l in jax.tree_util.tree_leaves(tree) if hasattr(l, "dtype")]
+  return jnp.result_type(leaves[0].dtype, float) if leaves else None
 
 
 class KernelFn:
@@ -403,7 +416,7 @@ class KernelFn:
       # first layer that overflowed.
       layers = StaticArgs(dict(config.value, check_layers=True))
       _, flags, _, out_ok = self._jitted(x1, x2, dynamic, layers)
-    raise_on_overflow(self.name, flags, out_ok)
+    raise_on_overflow(self.name, flags, out_ok, _float_dtype(out))
     return get_from(out, get)
 
   def _config(self, x1, x2, get_t, kwargs) -> tuple:
@@ -500,7 +513,12 @@ class KernelFn:
     else:
       inputs_ok = (all_finite(x1, mask), all_finite(x2, mask))
     if c["rerun"] is not None:
-      c["check"] = (functools.partial(c["rerun"], dict(config.value)),
+      # Which values were Python numbers (weakly typed): the host gets them
+      # back as arrays, and must not let them promote a float32 kernel.
+      weak = tuple(bool(getattr(jax.typeof(h), "weak_type", False))
+                   for h in hyper)
+      c["check"] = (functools.partial(c["rerun"],
+                                      dict(config.value, weak_hyper=weak)),
                     payload, inputs_ok[0] & inputs_ok[1])
     if c["row_chunk"]:
       out, flags, out_ok = self._compute_rows(x1, x2, dynamic, c)

@@ -174,26 +174,34 @@ def all_finite(tree, mask=None):
   return ok
 
 
-def overflow_message(layer: str) -> str:
-  """The `KernelOverflowError` message naming ``layer``."""
-  dtype = jnp.result_type(float)
-  hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
-          "before building inputs, or reduce W_std / depth."
-          if jnp.finfo(dtype).bits <= 32 else "Reduce W_std / depth.")
+def overflow_message(layer: str, dtype=None) -> str:
+  """The `KernelOverflowError` message naming ``layer``, whose kernel was
+  computed in ``dtype`` (JAX's default float if None)."""
+  dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+  if jnp.finfo(dtype).bits > 32:
+    hint = "Reduce W_std / depth."
+  elif jnp.dtype(jnp.result_type(float)).itemsize < 8:
+    hint = ("Enable float64 with jax.config.update('jax_enable_x64', True) "
+            "before building inputs, or reduce W_std / depth.")
+  else:
+    hint = ("Pass float64 inputs (jax_enable_x64 is on: x.astype("
+            "jnp.float64)), or reduce W_std / depth.")
   return (f"{layer}: the kernel overflowed "
-          f"{np.dtype(dtype).name} (infinite or NaN variances or NTK; e.g. a "
+          f"{dtype.name} (infinite or NaN variances or NTK; e.g. a "
           f"deep network with large W_std, whose kernel grows geometrically "
           f"with depth). {hint}")
 
 
-def raise_on_overflow(network: str, flags: OverflowFlags, out_ok) -> None:
+def raise_on_overflow(network: str, flags: OverflowFlags, out_ok,
+                      dtype=None) -> None:
   """Raises `KernelOverflowError` naming the first layer whose flag is
-  False (``network`` if only the final output check failed)."""
+  False (``network`` if only the final output check failed); ``dtype``:
+  the kernel's."""
   ok = all_true(list(flags.flags) + [out_ok])
   if ok is None or ok:
     return
   bad = [n for n, f in zip(flags.names, flags.flags) if not bool(f)]
-  raise KernelOverflowError(overflow_message((bad or [network])[0]))
+  raise KernelOverflowError(overflow_message((bad or [network])[0], dtype))
 
 
 # -- raising inside a traced computation ---------------------------------------
