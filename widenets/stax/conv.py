@@ -145,13 +145,13 @@ def _conv_layer(name: str, out_chan: int, filter_shape: Sequence[int],
     if shared:
       W = draws.normal(k1, rhs_shape)
       b = draws.normal(k2, tuple(width if c == "C" else 1
-                                      for c in out_spec))
+                                 for c in out_spec))
     else:
       W = draws.normal(k1, tuple(
           out_chan if c == "O" else int(np.prod(rhs_shape)) // out_chan
           if c == "I" else out[out_spec.index(c)] for c in rhs_spec))
       b = draws.normal(k2, tuple(1 if c == "N" else out[i]
-                                      for i, c in enumerate(out_spec)))
+                                 for i, c in enumerate(out_spec)))
     if b_std is None:
       b = None
     if parameterization == "standard":

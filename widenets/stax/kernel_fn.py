@@ -47,8 +47,8 @@ from . import chunking, masking, packing, sharing
 from .inputs import (inputs_to_kernel, is_kernel_tree, mask_inputs,
                      validate_inputs)
 from .overflow import (FlagRecorder, KernelOverflowError, OverflowFlags,
-                       all_finite, all_true, error_if, overflow_message,
-                       raise_on_overflow)
+                       all_finite, all_true, error_if, float_dtype,
+                       overflow_message, raise_on_overflow)
 from .requirements import Requirements
 
 __all__ = ["KernelFn", "output_shape"]
@@ -203,7 +203,7 @@ class _Rerun:
     if found and found[0] is not None:
       raise found[0]
     raise KernelOverflowError(
-        overflow_message(self.network.name, _float_dtype(x1)) +
+        overflow_message(self.network.name, float_dtype(x1)) +
         " (Call kernel_fn outside "
         "jax.jit / grad / vmap on the same inputs to name the layer.)")
 
@@ -253,14 +253,7 @@ def _raise_on_bad_inputs(name: str, x1, x2) -> None:
 def _report_network(name: str, x1=None, x2=None) -> None:
   if x1 is not None:  # the inputs, when the flag covers them too
     _raise_on_bad_inputs(name, x1, x2)
-  raise KernelOverflowError(overflow_message(name, _float_dtype(x1)))
-
-
-def _float_dtype(tree):
-  """The floating dtype a kernel of ``tree``'s arrays is computed in (that
-  of its first leaf, promoted with a Python float), or None."""
-  leaves = [l for l in jax.tree_util.tree_leaves(tree) if hasattr(l, "dtype")]
-  return jnp.result_type(leaves[0].dtype, float) if leaves else None
+  raise KernelOverflowError(overflow_message(name, float_dtype(x1)))
 
 
 class KernelFn:
@@ -416,7 +409,7 @@ class KernelFn:
       # first layer that overflowed.
       layers = StaticArgs(dict(config.value, check_layers=True))
       _, flags, _, out_ok = self._jitted(x1, x2, dynamic, layers)
-    raise_on_overflow(self.name, flags, out_ok, _float_dtype(out))
+    raise_on_overflow(self.name, flags, out_ok, out)
     return get_from(out, get)
 
   def _config(self, x1, x2, get_t, kwargs) -> tuple:

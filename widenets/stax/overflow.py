@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["KernelOverflowError", "OverflowFlags", "FlagRecorder",
            "all_finite", "all_true", "raise_on_overflow", "error_if",
-           "overflow_message"]
+           "overflow_message", "float_dtype"]
 
 
 class KernelOverflowError(FloatingPointError):
@@ -192,16 +192,24 @@ def overflow_message(layer: str, dtype=None) -> str:
           f"with depth). {hint}")
 
 
+def float_dtype(tree):
+  """The floating dtype a kernel of ``tree``'s arrays is computed in (that
+  of its first leaf, promoted with a Python float), or None."""
+  leaves = [l for l in jax.tree_util.tree_leaves(tree) if hasattr(l, "dtype")]
+  return jnp.result_type(leaves[0].dtype, float) if leaves else None
+
+
 def raise_on_overflow(network: str, flags: OverflowFlags, out_ok,
-                      dtype=None) -> None:
+                      out=None) -> None:
   """Raises `KernelOverflowError` naming the first layer whose flag is
-  False (``network`` if only the final output check failed); ``dtype``:
-  the kernel's."""
+  False (``network`` if only the final output check failed); the message
+  names the dtype of the kernels ``out``."""
   ok = all_true(list(flags.flags) + [out_ok])
   if ok is None or ok:
     return
   bad = [n for n, f in zip(flags.names, flags.flags) if not bool(f)]
-  raise KernelOverflowError(overflow_message((bad or [network])[0], dtype))
+  raise KernelOverflowError(overflow_message((bad or [network])[0],
+                                             float_dtype(out)))
 
 
 # -- raising inside a traced computation ---------------------------------------
