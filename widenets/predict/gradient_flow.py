@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable, Optional
 
 import jax
@@ -324,12 +325,16 @@ def gradient_descent_mse_ensemble(
   eigen = _Eigen(diag_reg, diag_reg_absolute_scale, solver, where)
   inf_cache: dict = {}
 
-  def k_train_train(deps):
+  def k_train_train(deps, computed: Optional[dict] = None):
+    """The cached train-train kernels ``deps``; missing ones are taken from
+    ``computed`` (a merged call's), else computed."""
     missing = tuple(g for g in deps if g not in k_dd_cache)
     if missing:
-      with eval_context():
-        k_dd_cache.update(_call(kernel_fn, x_train, None, missing,
-                                kernel_fn_train_train_kwargs))
+      if computed is None:
+        with eval_context():
+          computed = _call(kernel_fn, x_train, None, missing,
+                           kernel_fn_train_train_kwargs)
+      k_dd_cache.update({g: computed[g] for g in missing})
       check_train(k_dd_cache[missing[0]], y_train, layout,
                   name=f"kernel_fn(x_train, None, {missing[0]!r})")
     return {g: k_dd_cache[g] for g in deps}
@@ -341,10 +346,19 @@ def gradient_descent_mse_ensemble(
     validation.check_time(where, t, learning_rate)
     names, single = canonical_predict_get(get, ("nngp", "ntk"))
     deps = kernel_dependencies(names, compute_cov)
-    k_dd = k_train_train(deps)
+    merged = None
+    if x_test is not None and not (kernel_fn_train_train_kwargs or
+                                   kernel_fn_test_test_kwargs):
+      merged = _merged_call(kernel_fn, x_train, x_test, deps)
     if x_test is None:
+      k_dd = k_train_train(deps)
       k_td, nngp_tt = None, (True if compute_cov else None)
+    elif merged is not None:
+      # A train-train kernel already cached (and perhaps factorized) stays.
+      k_dd = k_train_train(deps, merged[0])
+      k_td, nngp_tt = merged[1], (merged[2] if compute_cov else None)
     else:
+      k_dd = k_train_train(deps)
       kw_td, kw_tt = _split_test_train_kwargs(kernel_fn_train_train_kwargs,
                                               kernel_fn_test_test_kwargs)
       k_td = _call(kernel_fn, x_test, x_train, deps, kw_td)
@@ -411,6 +425,52 @@ def _call(kernel_fn, x1, x2, get: tuple, kwargs: dict) -> dict:
     return {get[0]: k if is_array(k) else getattr(k, get[0])}
   k = kernel_fn(x1, x2, get, **kwargs)
   return {g: getattr(k, g) for g in get}
+
+
+# Up to this many entries ``(n + m)**2`` the train-train, test-train and
+# test-test kernels come from one call (`_merged_call`): there a call's cost
+# is mostly the compile of its program (one per input shape).
+MERGE_ENTRIES = 1 << 20
+
+
+def _merged_call(kernel_fn, x_train, x_test, deps: tuple):
+  """``(k_dd, k_td, nngp_tt)`` as dicts / array from one ``x2=None`` call on
+  ``[x_train; x_test]``, or None where that is not known to equal the three
+  calls.
+
+  Equal for an analytic kernel function (ours, or a ``jax.jit`` of it) of a
+  network whose pairs of samples are independent (its ``pairwise``), with
+  the batch on axis 0: its ``x2=None`` blocks are those of ``x2=None``
+  calls, its off-diagonal block that of ``kernel_fn(x_test, x_train)``.
+  Small problems only (`MERGE_ENTRIES`): one program to compile instead of
+  up to three (per test size, per training-set size), for about the same
+  number of kernel entries (``x2=None`` computes each pair once).
+  """
+  inner = inspect.unwrap(kernel_fn)  # e.g. through jax.jit's wrapper
+  if not (getattr(inner, "pairwise", False) is True and
+          isinstance(x_test, (jax.Array, np.ndarray)) and
+          is_concrete(x_train) and is_concrete(x_test)):
+    # Traced inputs too: the train-train kernel is cached across calls.
+    return None
+  n, m = x_train.shape[0], x_test.shape[0]
+  if (x_train.shape[1:] != x_test.shape[1:] or x_train.dtype != x_test.dtype
+      or (n + m) ** 2 > MERGE_ENTRIES or not n or not m):
+    return None
+  get = deps if "nngp" in deps else deps + ("nngp",)
+  if solvers.on_host(x_train, x_test):
+    # NumPy: no program per shape for the concatenation and the blocks.
+    x = jax.device_put(np.concatenate([np.asarray(x_train),
+                                       np.asarray(x_test)]))
+    k = {g: np.asarray(v) for g, v in _call(kernel_fn, x, None, get,
+                                             {}).items()}
+    block = lambda a, rows, cols: jax.device_put(a[rows, cols])
+  else:
+    x = jnp.concatenate([x_train, x_test])
+    k = _call(kernel_fn, x, None, get, {})
+    block = lambda a, rows, cols: a[rows, cols]
+  tr, te = slice(0, n), slice(n, n + m)
+  return ({g: block(k[g], tr, tr) for g in deps},
+          {g: block(k[g], te, tr) for g in deps}, block(k["nngp"], te, te))
 
 
 class _Pair:

@@ -303,6 +303,14 @@ class KernelFn:
   def __repr__(self) -> str:
     return f"<kernel_fn of {self.name}>"
 
+  @property
+  def pairwise(self) -> bool:
+    """Whether the kernel of two samples depends on those two alone (no
+    layer mixes samples), with samples on axis 0 of the inputs: then the
+    blocks of one call on concatenated inputs equal separate calls
+    (`predict` uses this to compile one program instead of three)."""
+    return self.reqs.packable and self.reqs.batch_axis in (None, 0)
+
   # -- Kernel -> Kernel ----------------------------------------------------
   def apply(self, k, flags: Optional[FlagRecorder] = None, /, **kwargs):
     """Runs the rule on a `Kernel` (or list of them) and sets output shapes.
