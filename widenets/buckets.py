@@ -32,13 +32,29 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["bucket_size", "pad_rows", "bucketed"]
+__all__ = ["bucket_size", "pad_rows", "bucketed", "is_pairwise"]
 
 # Kernel fields with a leading axis over the samples of x1 (rows), x2
 # (columns), or both.
 _BOTH = ("nngp", "ntk")
 _ROWS = ("cov1", "mask1")
 _COLS = ("cov2", "mask2")
+
+
+def is_pairwise(kernel_fn: Callable) -> bool:
+  """Whether ``kernel_fn(x1, x2, ...)`` is known to give the kernel of two
+  samples from those two alone, with samples on axis 0 of the inputs (so a
+  call on concatenated inputs has the separate calls' kernels as blocks).
+
+  Declared by the function's ``pairwise`` attribute (widenets' analytic
+  ``kernel_fn``, `bucketed`); a ``jax.jit`` of such a function (which takes
+  the same arguments) is looked through. Anything else: False.
+  """
+  fn = kernel_fn
+  while (not hasattr(fn, "pairwise") and hasattr(fn, "lower")
+         and hasattr(fn, "__wrapped__")):
+    fn = fn.__wrapped__
+  return getattr(fn, "pairwise", False) is True
 
 
 def bucket_size(n: int, minimum: int = 8, step: int = 256) -> int:
@@ -145,4 +161,5 @@ def bucketed(kernel_fn: Callable, minimum: int = 8, step: int = 256,
         x2, bucket_size(n2, minimum, step), batch_axis)
     return _trim(kernel_fn(p1, p2, get, **kwargs), get, n1, n2)
 
+  fn.pairwise = batch_axis == 0 and is_pairwise(kernel_fn)
   return fn

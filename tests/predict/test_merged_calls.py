@@ -5,21 +5,25 @@ compile instead of three): the same predictions as three calls, a kernel
 already cached stays, and everything that could make the blocks differ from
 separate calls (kwargs, foreign or sample-mixing kernel functions, traced or
 mismatched inputs, large problems) keeps the three calls."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from widenets import predict, stax
+from widenets.buckets import bucketed, is_pairwise
 from widenets.predict import gradient_flow
 
 
 class Spy:
-  """A kernel function that records its calls; ``__wrapped__`` exposes the
-  analytic one as ``jax.jit`` does."""
+  """A kernel function that records its calls; it is ``pairwise`` where
+  the one it wraps is."""
 
   def __init__(self, kernel_fn):
     self.__wrapped__ = kernel_fn
+    self.pairwise = is_pairwise(kernel_fn)
     self.calls = []
 
   def __call__(self, x1, x2=None, get=None, **kwargs):
@@ -141,3 +145,29 @@ def test_large_mismatched_or_traced_inputs_keep_three_calls(monkeypatch):
   spy.calls.clear()
   mean = jax.jit(lambda x: predict_fn(x_test=x, get="nngp"))(x_test)
   assert _separate(spy) and mean.shape == (5, 2)
+
+
+def test_wrappers_declare_pairwise():
+  kernel_fn = _erf_net()
+  assert is_pairwise(kernel_fn)
+  assert is_pairwise(jax.jit(kernel_fn, static_argnames="get"))
+  assert is_pairwise(bucketed(kernel_fn))
+  # Inputs with the batch on axis 1 would be concatenated on the wrong axis.
+  assert not is_pairwise(bucketed(kernel_fn, batch_axis=1))
+  # A wrapper that does not say so is not looked through (it may change the
+  # arguments, or cache by them as the scikit-learn estimators do).
+  wrapper = functools.wraps(kernel_fn)(lambda *a, **k: kernel_fn(*a, **k))
+  assert not is_pairwise(wrapper)
+  assert not is_pairwise(lambda x1, x2=None, get=None: kernel_fn(x1, x2, get))
+
+
+def test_bucketed_kernel_fn_merges_and_predicts_the_same(monkeypatch):
+  x_train, x_test, y_train = _data()
+  spy = Spy(bucketed(_erf_net()))
+  merged = _predictions(spy, x_train, y_train, x_test)
+  assert all(c[:2] == ((12, 3), None) for c in spy.calls), spy.calls
+  monkeypatch.setattr(gradient_flow, "MERGE_ENTRIES", 0)
+  separate = _predictions(_erf_net(), x_train, y_train, x_test)
+  for a, b in zip(jax.tree_util.tree_leaves(merged),
+                  jax.tree_util.tree_leaves(separate)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

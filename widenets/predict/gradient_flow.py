@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..buckets import is_pairwise
 from . import large, solvers, validation
 from ._common import (ArrayOrScalar, Axes, Layout, as_array,
                       canonical_predict_get, check_diag_reg, check_fx,
@@ -438,16 +438,15 @@ def _merged_call(kernel_fn, x_train, x_test, deps: tuple):
   ``[x_train; x_test]``, or None where that is not known to equal the three
   calls.
 
-  Equal for an analytic kernel function (ours, or a ``jax.jit`` of it) of a
-  network whose pairs of samples are independent (its ``pairwise``), with
-  the batch on axis 0: its ``x2=None`` blocks are those of ``x2=None``
+  Equal where `buckets.is_pairwise` (e.g. widenets' analytic kernel
+  function, or a ``jax.jit`` of it, of a network that keeps samples
+  independent, with the batch on axis 0): its ``x2=None`` blocks are those of ``x2=None``
   calls, its off-diagonal block that of ``kernel_fn(x_test, x_train)``.
   Small problems only (`MERGE_ENTRIES`): one program to compile instead of
   up to three (per test size, per training-set size), for about the same
   number of kernel entries (``x2=None`` computes each pair once).
   """
-  inner = inspect.unwrap(kernel_fn)  # e.g. through jax.jit's wrapper
-  if not (getattr(inner, "pairwise", False) is True and
+  if not (is_pairwise(kernel_fn) and
           isinstance(x_test, (jax.Array, np.ndarray)) and
           is_concrete(x_train) and is_concrete(x_test)):
     # Traced inputs too: the train-train kernel is cached across calls.
