@@ -171,3 +171,20 @@ def test_bucketed_kernel_fn_merges_and_predicts_the_same(monkeypatch):
   for a, b in zip(jax.tree_util.tree_leaves(merged),
                   jax.tree_util.tree_leaves(separate)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_test_inputs_equal_to_the_train_inputs_keep_three_calls():
+  # kernel_fn(x_test, x_train) with equal values is an x1-is-x2 call
+  # (Dropout's diagonal term); the off-diagonal block of one call is not.
+  x_train, _, y_train = _data()
+  kernel_fn = stax.serial(stax.Dense(64), stax.Relu(),
+                          stax.Dropout(0.8, mode="train"), stax.Dense(1))[2]
+  same = kernel_fn(x_train, x_train.copy(), "nngp")
+  block = kernel_fn(np.concatenate([x_train, x_train]), None, "nngp")[7:, :7]
+  assert not np.allclose(same, block, rtol=1e-3)
+  assert gradient_flow._merged_call(kernel_fn, jnp.asarray(x_train),
+                                    x_train.copy(), ("nngp",)) is None
+  spy = Spy(kernel_fn)
+  predict.gradient_descent_mse_ensemble(spy, x_train, y_train, diag_reg=1e-3)(
+      t=2.0, x_test=x_train.copy(), get="nngp")
+  assert spy.calls == [((7, 3), None, "nngp"), ((7, 3), (7, 3), "nngp")]
