@@ -440,8 +440,9 @@ def _merged_call(kernel_fn, x_train, x_test, deps: tuple):
 
   Equal where `buckets.is_pairwise` (e.g. widenets' analytic kernel
   function, or a ``jax.jit`` of it, of a network that keeps samples
-  independent, with the batch on axis 0): its ``x2=None`` blocks are those of ``x2=None``
-  calls, its off-diagonal block that of ``kernel_fn(x_test, x_train)``.
+  independent, with the batch on axis 0): its ``x2=None`` blocks are those
+  of ``x2=None`` calls, its off-diagonal block that of ``kernel_fn(x_test,
+  x_train)`` (unless ``x_test`` equals ``x_train``: see below).
   Small problems only (`MERGE_ENTRIES`): one program to compile instead of
   up to three (per test size, per training-set size), for about the same
   number of kernel entries (``x2=None`` computes each pair once).
@@ -455,12 +456,14 @@ def _merged_call(kernel_fn, x_train, x_test, deps: tuple):
   if (x_train.shape[1:] != x_test.shape[1:] or x_train.dtype != x_test.dtype
       or (n + m) ** 2 > MERGE_ENTRIES or not n or not m):
     return None
-  if x_train.shape == x_test.shape and bool(jnp.array_equal(x_train, x_test)):
+  host = solvers.on_host(x_train, x_test)
+  xp = np if host else jnp
+  if x_train.shape == x_test.shape and bool(xp.array_equal(x_train, x_test)):
     # kernel_fn(x_test, x_train) then knows x1 is x2 (by value), which a
     # block off the diagonal does not (e.g. Dropout's diagonal term).
     return None
   get = deps if "nngp" in deps else deps + ("nngp",)
-  if solvers.on_host(x_train, x_test):
+  if host:
     # NumPy: no program per shape for the concatenation and the blocks.
     x = jax.device_put(np.concatenate([np.asarray(x_train),
                                        np.asarray(x_test)]))
