@@ -350,15 +350,13 @@ def gradient_descent_mse_ensemble(
     if x_test is not None and not (kernel_fn_train_train_kwargs or
                                    kernel_fn_test_test_kwargs):
       merged = _merged_call(kernel_fn, x_train, x_test, deps)
+    # A train-train kernel already cached (and perhaps factorized) stays.
+    k_dd = k_train_train(deps, None if merged is None else merged[0])
     if x_test is None:
-      k_dd = k_train_train(deps)
       k_td, nngp_tt = None, (True if compute_cov else None)
     elif merged is not None:
-      # A train-train kernel already cached (and perhaps factorized) stays.
-      k_dd = k_train_train(deps, merged[0])
       k_td, nngp_tt = merged[1], (merged[2] if compute_cov else None)
     else:
-      k_dd = k_train_train(deps)
       kw_td, kw_tt = _split_test_train_kwargs(kernel_fn_train_train_kwargs,
                                               kernel_fn_test_test_kwargs)
       k_td = _call(kernel_fn, x_test, x_train, deps, kw_td)
@@ -445,7 +443,9 @@ def _merged_call(kernel_fn, x_train, x_test, deps: tuple):
   x_train)`` (unless ``x_test`` equals ``x_train``: see below).
   Small problems only (`MERGE_ENTRIES`): one program to compile instead of
   up to three (per test size, per training-set size), for about the same
-  number of kernel entries (``x2=None`` computes each pair once).
+  number of kernel entries (``x2=None`` computes each pair once; a later
+  call recomputes the train-train block, cheap at these sizes, so that all
+  calls of one size share one program).
   """
   if not (is_pairwise(kernel_fn) and
           isinstance(x_test, (jax.Array, np.ndarray)) and
